@@ -1,0 +1,26 @@
+"""Shared CLI plumbing: settings errors become one line and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+
+from gemantria_dag.settings import Settings, SettingsError, get_settings
+
+
+@contextmanager
+def fail_on_settings_error() -> Iterator[Settings]:
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    yield settings
+
+
+def print_json(payload: Any) -> None:
+    typer.echo(json.dumps(payload, indent=2, sort_keys=True, default=str, ensure_ascii=False))

