@@ -19,9 +19,11 @@ setup:
 	$(BIN)/pmagent init
 
 materialize:
+	$(BIN)/pmagent init >/dev/null
 	$(BIN)/dagster job execute -m gemantria_dag.definitions -j gematria_job
 
 dev:
+	$(BIN)/pmagent init >/dev/null
 	$(BIN)/dagster dev -w workspace.yaml
 
 test:

@@ -1,28 +1,73 @@
-"""Dagster's instance folder (DAGSTER_HOME) inside the project's state folder."""
+"""Dagster's instance folder (DAGSTER_HOME) inside the project's state folder.
+
+Dagster's run, event-log and schedule storage go to the control-plane PostgreSQL too
+(schema `dagster`), through dagster-postgres:
+- embedded server: its unix-socket folder is the data folder (kept under 93 characters so the
+  socket never moves), so the URL can be written into dagster.yaml; it holds no password.
+- GEMATRIA_DSN: the URL can hold a password, so dagster.yaml names an environment variable,
+  DAGSTER_PG_URL, that the operator sets (`postgresql+psycopg2://user:pw@host:5432/db`).
+- DB off: Dagster's default SQLite storage in DAGSTER_HOME.
+dagster-postgres needs the `postgresql+psycopg2://` scheme: a bare `postgresql://` selects
+psycopg 3 under SQLAlchemy 2.1, which dagster-postgres does not support.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from gemantria_dag.db.embedded import MAX_PGDATA_PATH
 from gemantria_dag.settings import Settings
 
+DAGSTER_SCHEMA = "dagster"
+DAGSTER_PG_URL_VAR = "DAGSTER_PG_URL"
 
-def instance_config(settings: Settings) -> dict:
-    return {
+
+def storage_config(settings: Settings) -> tuple[dict[str, Any] | None, str]:
+    """dagster.yaml's `storage` block (None = SQLite) and a sentence saying why."""
+    mode = settings.db_mode
+    if mode == "off":
+        return None, "GEMATRIA_DSN=off: Dagster keeps its runs in SQLite under DAGSTER_HOME"
+    if mode == "dsn":
+        return ({"postgres": {"postgres_url": {"env": DAGSTER_PG_URL_VAR}}},
+                f"GEMATRIA_DSN is set: Dagster storage on Postgres from ${DAGSTER_PG_URL_VAR}")
+    pgdata = settings.embedded_pgdata
+    if len(str(pgdata)) > MAX_PGDATA_PATH:
+        return None, (f"the embedded server's folder {pgdata} is too long for a stable socket path: "
+                      "Dagster keeps its runs in SQLite (use a shorter GEMANTRIA_STATE_DIR to share Postgres)")
+    url = (f"postgresql+psycopg2://postgres@/postgres?host={pgdata}"
+           f"&options=-csearch_path%3D{DAGSTER_SCHEMA}")
+    return {"postgres": {"postgres_url": url}}, f"Dagster storage on the embedded PostgreSQL (schema {DAGSTER_SCHEMA})"
+
+
+def instance_config(settings: Settings) -> dict[str, Any]:
+    config: dict[str, Any] = {
         "telemetry": {"enabled": False},
         "nux": {"enabled": False},
-        "run_coordinator": {
-            "module": "dagster.core.run_coordinator",
-            "class": "QueuedRunCoordinator",
+        # The queued run coordinator (dagster dev's default) enforces these across runs:
+        # LM Studio answers one request at a time, so one enrichment run on it at once.
+        "concurrency": {
+            "runs": {
+                "max_concurrent_runs": 4,
+                "tag_concurrency_limits": [
+                    {"key": "gemantria/llm_backend", "value": "lm_studio", "limit": 1},
+                    {"key": "gemantria/llm_backend", "value": "remote", "limit": 3},
+                ],
+            },
+            "pools": {"default_limit": 2},
         },
     }
+    storage, _ = storage_config(settings)
+    if storage is not None:
+        config["storage"] = storage
+    return config
 
 
-def write_instance_config(settings: Settings) -> Path:
+def write_instance_config(settings: Settings) -> tuple[Path, str]:
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     path = home / "dagster.yaml"
     path.write_text(yaml.safe_dump(instance_config(settings), sort_keys=False))
-    return path
+    return path, storage_config(settings)[1]

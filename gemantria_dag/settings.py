@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     # Routing
     llm_routing_interval_seconds: int = Field(30, ge=5, le=86400)
     llm_failover_threshold: int = Field(3, ge=1, le=100)
+    llm_routing_max_runs_per_tick: int = Field(2, ge=1, le=22)
 
     # Data
     gematria_dsn: SecretStr | None = None

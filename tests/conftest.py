@@ -5,4 +5,7 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.llm",
     "tests.fixtures.dagster_dev",
+    "tests.fixtures.remote_server",
+    "tests.fixtures.lmstudio",
+    "tests.fixtures.enrichment",
 ]

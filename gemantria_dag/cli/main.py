@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from gemantria_dag.cli import control as control_cli
 from gemantria_dag.cli import db as db_cli
+from gemantria_dag.cli import health as health_cli
 from gemantria_dag.cli import init as init_cli
 
 app = typer.Typer(
@@ -15,6 +17,8 @@ app = typer.Typer(
 )
 app.command("init")(init_cli.init)
 app.add_typer(db_cli.app, name="db")
+app.add_typer(control_cli.app, name="control")
+app.add_typer(health_cli.app, name="health")
 
 if __name__ == "__main__":
     app()

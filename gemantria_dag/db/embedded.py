@@ -27,6 +27,11 @@ def start_embedded_postgres(pgdata: Path, *, ready_timeout_s: float = 30.0) -> s
 
     pgdata = pgdata.resolve()
     pgdata.mkdir(parents=True, exist_ok=True)
+    # pgserver caches one server object per folder and process; after a crash that object
+    # still points at the dead postmaster, so forget it unless its process is alive.
+    cached = pgserver.PostgresServer._instances.get(pgdata)
+    if cached is not None and not _alive(cached):
+        pgserver.PostgresServer._instances.pop(pgdata, None)
     try:
         server = pgserver.get_server(pgdata, cleanup_mode=None)
         uri = server.get_uri()
@@ -39,6 +44,14 @@ def start_embedded_postgres(pgdata: Path, *, ready_timeout_s: float = 30.0) -> s
         ) from None
     _wait_until_accepting(uri, ready_timeout_s)
     return uri
+
+
+def _alive(server: object) -> bool:
+    try:
+        info = server.get_postmaster_info()  # type: ignore[attr-defined]
+        return bool(info.is_running())
+    except Exception:  # noqa: BLE001 - any doubt means "not alive"
+        return False
 
 
 def _wait_until_accepting(uri: str, timeout_s: float) -> None:

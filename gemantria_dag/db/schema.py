@@ -54,10 +54,27 @@ CREATE TABLE gematria.noun_gematria (
 );
 """
 
+NOUN_ENRICHMENT_DDL = """
+CREATE TABLE gematria.noun_enrichment (
+    strong_id text NOT NULL,
+    model text NOT NULL,
+    prompt_version text NOT NULL,
+    params_hash text NOT NULL,
+    backend text NOT NULL,
+    ok boolean NOT NULL,
+    insight_json jsonb NULL,
+    violation text NULL,
+    record_id uuid NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (strong_id, model, prompt_version, params_hash)
+);
+"""
+
 TABLES: dict[str, str] = {
     "control.agent_run": AGENT_RUN_DDL,
     "control.tool_catalog": TOOL_CATALOG_DDL,
     "gematria.noun_gematria": NOUN_GEMATRIA_DDL,
+    "gematria.noun_enrichment": NOUN_ENRICHMENT_DDL,
 }
 
 
@@ -66,8 +83,12 @@ def ensure_schema(conn: psycopg.Connection) -> list[str]:
     created: list[str] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-        conn.execute("CREATE SCHEMA IF NOT EXISTS control")
-        conn.execute("CREATE SCHEMA IF NOT EXISTS gematria")
+        for schema in ("control", "gematria"):
+            # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema
+            # exists: a deployment's row-only role must still be able to write.
+            present = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (schema,)).fetchone()
+            if not (present and present[0]):
+                conn.execute(f"CREATE SCHEMA {schema}")
         for table, ddl in TABLES.items():
             exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
             if exists and exists[0]:

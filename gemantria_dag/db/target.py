@@ -43,6 +43,20 @@ def redact_conninfo(conninfo: str) -> str:
     return make_conninfo(**{k: v for k, v in params.items() if v is not None})
 
 
+def scrub_error(exc: BaseException, conninfo: str | None) -> str:
+    """The first line of a DB error, safe to print: never the DSN's password."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    if conninfo:
+        try:
+            password = conninfo_to_dict(conninfo).get("password")
+        except psycopg.ProgrammingError:
+            password = None
+        if password:
+            line = line.replace(str(password), "***")
+    return line
+
+
 def _reachable(conninfo: str) -> str | None:
     """None when a connection succeeds, else the reason (with no password in it)."""
     try:
@@ -50,9 +64,7 @@ def _reachable(conninfo: str) -> str | None:
             conn.execute("SELECT 1")
         return None
     except psycopg.Error as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        password = conninfo_to_dict(conninfo).get("password")
-        return first_line.replace(str(password), "***") if password else first_line
+        return scrub_error(exc, conninfo)
 
 
 def resolve_database(settings: Settings, *, check: bool = True) -> DatabaseTarget:

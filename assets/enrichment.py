@@ -1,0 +1,16 @@
+"""The enrichment domain: the routed LLM asset, its job and the routing sensor."""
+
+from dagster import Definitions, define_asset_job
+
+from assets.noun_enrichments import noun_enrichments
+from gemantria_dag.enrichment.partitions import letter_partitions
+from gemantria_dag.sensors.lm_routing_sensor import ENRICHMENT_JOB, lm_routing_sensor
+
+enrichment_job = define_asset_job(
+    ENRICHMENT_JOB,
+    selection=[noun_enrichments],
+    partitions_def=letter_partitions,
+    description="Enrich nouns with LLM insights on the routed backend (one partition per Hebrew letter).",
+)
+
+defs = Definitions(assets=[noun_enrichments], jobs=[enrichment_job], sensors=[lm_routing_sensor])

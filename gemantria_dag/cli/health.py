@@ -1,0 +1,78 @@
+"""`pmagent health`: is LM Studio / the remote LLM ready? JSON by default, a table with --pretty.
+
+Exit codes: 0 ready, 1 not ready (off or error), 2 the settings themselves are invalid.
+This imports the probes, not the Dagster resources, so that a check stays well under 2 s.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from gemantria_dag.cli.output import fail_on_settings_error, print_json
+from resources.llm.probe import lm_studio_health, remote_health
+from resources.llm.results import HealthResult
+
+app = typer.Typer(help="Health of the LLM backends (never spends a completion).", no_args_is_help=True)
+
+PRETTY = typer.Option(False, "--pretty", help="A readable table instead of JSON.")
+
+
+def _secret(value: object) -> str | None:
+    return value.get_secret_value() if value is not None else None  # type: ignore[attr-defined]
+
+
+def _emit(result: HealthResult, pretty: bool) -> None:
+    if not pretty:
+        print_json(result.to_json_dict())
+    else:
+        _print_table(result)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def _print_table(result: HealthResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    d = result.details
+    style = "green" if result.ok else ("yellow" if result.mode.endswith("_off") else "red")
+    table = Table(title=f"[{style}]{result.mode}[/{style}]", show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    models = ", ".join(d.available_models[:20]) + (f" (+{len(d.available_models) - 20} more)"
+                                                     if len(d.available_models) > 20 else "")
+    rows: list[tuple[str, object]] = [
+        ("ok", result.ok), ("base URL", d.base_url), ("provider", d.provider), ("model", d.model),
+        ("available models", models or None), ("model present", _tri(d.model_present, d.model)),
+        ("model loaded", _tri(d.model_loaded, d.model and d.server_kind)),
+        ("server kind", d.server_kind), ("probe", d.probe), ("latency", f"{d.latency_ms:.0f} ms"),
+        ("error", f"{d.error.code.value}: {d.error.message}" if d.error else None), ("summary", d.message),
+    ]
+    for name, value in rows:
+        if value is not None:
+            table.add_row(name, str(value))
+    Console(soft_wrap=False).print(table)
+
+
+def _tri(value: bool | None, relevant: object) -> str | None:
+    """yes / no, or "unknown" where the server cannot tell; nothing when the row does not apply."""
+    if not relevant:
+        return None
+    return "unknown (the server cannot tell)" if value is None else ("yes" if value else "no")
+
+
+@app.command("lm")
+def lm(pretty: bool = PRETTY) -> None:
+    """LM Studio: lm_ready | lm_off | error."""
+    with fail_on_settings_error() as settings:
+        result = lm_studio_health(base_url=settings.lm_studio_base_url, model=settings.lm_studio_model,
+                                  api_token=_secret(settings.lm_studio_api_token))
+    _emit(result, pretty)
+
+
+@app.command("remote")
+def remote(pretty: bool = PRETTY) -> None:
+    """The remote OpenAI-compatible API: remote_ready | remote_off | error."""
+    with fail_on_settings_error() as settings:
+        result = remote_health(base_url=settings.remote_llm_base_url, model=settings.remote_llm_model,
+                               api_key=_secret(settings.remote_llm_api_key), provider=settings.remote_llm_provider)
+    _emit(result, pretty)

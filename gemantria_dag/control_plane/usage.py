@@ -1,0 +1,141 @@
+"""Read-only aggregates of LLM calls in `control.agent_run`, for `pmagent control`.
+
+LLM calls are the rows with tool `lm_studio` or whose args carry `routed_backend` (every
+record this project writes); other agent tools sharing the table are left out. Values inside
+the JSON columns are read defensively (`jsonb_typeof`), so an odd row cannot break a report.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+import psycopg
+from pydantic import BaseModel
+
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_WINDOW = re.compile(r"^\s*(\d{1,6})\s*([smhdw])\s*$")
+
+_LLM_ROWS = """
+SELECT tool, created_at,
+       result_json->'ok' = 'true'::jsonb AS ok,
+       CASE WHEN jsonb_typeof(result_json->'latency_ms') = 'number'
+            THEN (result_json->>'latency_ms')::float8 END AS latency_ms,
+       CASE WHEN jsonb_typeof(result_json->'prompt_tokens') = 'number'
+            THEN (result_json->>'prompt_tokens')::float8 END AS prompt_tokens,
+       CASE WHEN jsonb_typeof(result_json->'completion_tokens') = 'number'
+            THEN (result_json->>'completion_tokens')::float8 END AS completion_tokens,
+       args_json->'fallback' = 'true'::jsonb AS fallback,
+       result_json->>'substituted_model' IS NOT NULL AS substituted
+FROM control.agent_run
+WHERE project_id = %(project_id)s
+  AND created_at >= now() - %(window)s
+  AND (tool = 'lm_studio' OR args_json ? 'routed_backend')
+"""
+
+_STATUS = f"""
+SELECT tool,
+       count(*) FILTER (WHERE ok) AS success,
+       count(*) FILTER (WHERE ok IS NOT TRUE) AS failure,
+       max(created_at) AS last_run_at,
+       (array_agg(ok ORDER BY created_at DESC))[1] AS last_ok
+FROM ({_LLM_ROWS}) llm
+GROUP BY tool
+ORDER BY tool
+"""
+
+# GROUPING SETS: one row per tool and the all-tools total (tool IS NULL) in one scan.
+_SUMMARY = f"""
+SELECT tool, grouping(tool) = 1 AS is_total,
+       count(*) AS calls,
+       count(*) FILTER (WHERE ok IS NOT TRUE) AS failed,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95,
+       coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens,
+       coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens,
+       count(*) FILTER (WHERE fallback) AS fallbacks,
+       count(*) FILTER (WHERE substituted) AS substitutions
+FROM ({_LLM_ROWS}) llm
+GROUP BY GROUPING SETS ((tool), ())
+"""
+
+
+def parse_window(text: str) -> timedelta:
+    """'30m', '24h', '7d', '2w' -> timedelta; ValueError with a readable message otherwise."""
+    match = _WINDOW.match(text)
+    if not match or int(match[1]) == 0:
+        raise ValueError(f"invalid window {text!r}: use a positive number and a unit, such as 30m, 24h or 7d")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+class ToolStatus(BaseModel):
+    tool: str
+    success: int = 0
+    failure: int = 0
+    last_run_at: datetime | None = None
+    last_status: str | None = None  # "ok" | "failed" | None (no call in the window)
+
+
+class UsageStats(BaseModel):
+    calls: int = 0
+    ok: int = 0
+    failed: int = 0
+    failure_rate: float | None = None
+    calls_per_hour: float = 0.0
+    share: float | None = None  # of all LLM calls in the window
+    latency_ms_p50: float | None = None
+    latency_ms_p95: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    fallback_count: int = 0
+    substitution_count: int = 0
+
+
+class UsageSummary(BaseModel):
+    total: UsageStats
+    tools: dict[str, UsageStats]
+
+
+def pipeline_status(
+    conn: psycopg.Connection, project_id: int, window: timedelta, expected_tools: list[str]
+) -> list[ToolStatus]:
+    """Per tool, success/failure counts and the last call; `expected_tools` appear even without calls."""
+    found = {
+        tool: ToolStatus(tool=tool, success=success, failure=failure, last_run_at=last,
+                         last_status="ok" if last_ok else "failed")
+        for tool, success, failure, last, last_ok in conn.execute(
+            _STATUS, {"project_id": project_id, "window": window}
+        )
+    }
+    for tool in expected_tools:
+        found.setdefault(tool, ToolStatus(tool=tool))
+    return sorted(found.values(), key=lambda s: s.tool)
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)  # 0.1 ms: float noise beyond it is not information
+
+
+def usage_summary(conn: psycopg.Connection, project_id: int, window: timedelta) -> UsageSummary:
+    hours = window.total_seconds() / 3600
+    total = UsageStats()
+    tools: dict[str, UsageStats] = {}
+    for tool, is_total, calls, failed, p50, p95, ptok, ctok, fallbacks, subs in conn.execute(
+        _SUMMARY, {"project_id": project_id, "window": window}
+    ):
+        stats = UsageStats(
+            calls=calls, ok=calls - failed, failed=failed,
+            failure_rate=round(failed / calls, 4) if calls else None,
+            calls_per_hour=round(calls / hours, 3) if hours else 0.0,
+            latency_ms_p50=_ms(p50), latency_ms_p95=_ms(p95),
+            prompt_tokens=ptok, completion_tokens=ctok, total_tokens=ptok + ctok,
+            fallback_count=fallbacks, substitution_count=subs,
+        )
+        if is_total:
+            total = stats
+        else:
+            tools[tool] = stats
+    for stats in tools.values():
+        stats.share = round(stats.calls / total.calls, 4) if total.calls else None
+    return UsageSummary(total=total, tools=dict(sorted(tools.items())))

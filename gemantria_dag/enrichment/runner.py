@@ -1,0 +1,160 @@
+"""Enrich nouns concurrently through the failover router, recording every call."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from gemantria_dag.control_plane.records import (
+    AgentRunRecord,
+    CallArgs,
+    CallResult,
+    EnrichmentBatch,
+    NounEnrichment,
+)
+from gemantria_dag.enrichment.parse import parse_insight
+from gemantria_dag.enrichment.progress import Progress
+from gemantria_dag.enrichment.prompt import build_messages, repair_messages
+from gemantria_dag.routing.failover import AllBackendsDown, Attempt, FailoverRouter
+from resources.llm.results import CompletionResult
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Who is calling, for each record's args_json."""
+
+    project_id: int
+    run_id: str | None
+    asset_key: str
+    routed_backend: str
+    prompt_version: str
+    params_hash: str
+    temperature: float
+    max_tokens: int
+    response_format: dict[str, Any] | None
+    tool_by_route: dict[str, str]
+
+
+def _record(info: RunInfo, noun: dict[str, Any], attempt: Attempt, prompt_length: int, purpose: str,
+            violations: list[dict[str, Any]]) -> AgentRunRecord:
+    result: CompletionResult = attempt.result
+    meta = result.metadata
+    substituted = meta.model if meta.model_substituted else None
+    found = list(violations)
+    if result.error is not None:
+        found.append({"code": str(result.error.code), "message": result.error.message})
+    if substituted:
+        found.append({"code": "model_substituted", "requested": meta.requested_model, "served": meta.model})
+    return AgentRunRecord(
+        project_id=info.project_id,
+        session_id=UUID(info.run_id) if info.run_id else None,
+        tool=info.tool_by_route[attempt.route.name],
+        args=CallArgs(
+            model=attempt.route.model, requested_model=meta.requested_model, prompt_length=prompt_length,
+            temperature=info.temperature, max_tokens=info.max_tokens, strong_id=noun["strong_id"],
+            run_id=info.run_id, asset_key=info.asset_key, partition=noun.get("partition"),
+            routed_backend=info.routed_backend, backend=attempt.route.name, fallback=attempt.fallback,
+            prompt_version=info.prompt_version, purpose=purpose,  # type: ignore[arg-type]
+        ),
+        result=CallResult(
+            ok=result.ok, response_length=len(result.response or ""), latency_ms=meta.latency_ms,
+            ttft_ms=meta.ttft_ms, tokens_per_second=meta.tokens_per_second, prompt_tokens=meta.prompt_tokens,
+            completion_tokens=meta.completion_tokens, attempts=meta.attempts,
+            error_code=str(result.error.code) if result.error else None, finish_reason=meta.finish_reason,
+            substituted_model=substituted,
+        ),
+        violations=found,
+    )
+
+
+class EnrichmentRunner:
+    def __init__(self, router: FailoverRouter, info: RunInfo, log: Callable[[str], None],
+                 progress_interval_s: float = 5.0) -> None:
+        self.router = router
+        self.info = info
+        self.log = log
+        self.progress_interval_s = progress_interval_s
+        self.batch = EnrichmentBatch()
+        self.failed_nouns: list[str] = []
+
+    async def _call(self, noun: dict[str, Any], messages: list[dict[str, str]], purpose: str
+                    ) -> tuple[Attempt | None, list[AgentRunRecord]]:
+        prompt_length = sum(len(m["content"]) for m in messages)
+        attempts = await self.router.complete(
+            messages=messages, temperature=self.info.temperature, max_tokens=self.info.max_tokens,
+            response_format=self.info.response_format,
+        )
+        records = [_record(self.info, noun, a, prompt_length, purpose, []) for a in attempts]
+        return (attempts[-1] if attempts else None), records
+
+    async def enrich_one(self, noun: dict[str, Any]) -> None:
+        messages = build_messages(noun)
+        final, records = await self._call(noun, messages, "enrich")
+        outcome: NounEnrichment | None = None
+        if final is not None and final.result.ok:
+            insight, problem = parse_insight(final.result.response)
+            if problem:
+                records[-1].violations.append({"code": "schema_violation", "message": problem})
+                repaired, more = await self._call(noun, repair_messages(messages, final.result.response or "", problem), "repair")
+                records.extend(more)
+                if repaired is not None and repaired.result.ok:
+                    insight, problem = parse_insight(repaired.result.response)
+                    if problem:
+                        more[-1].violations.append({"code": "schema_violation", "message": problem})
+                    final = repaired
+                else:
+                    final = None  # the repair call itself failed: transient, not a verdict on the noun
+            if final is not None:
+                outcome = NounEnrichment(
+                    strong_id=noun["strong_id"], model=final.route.model or "", prompt_version=self.info.prompt_version,
+                    params_hash=self.info.params_hash, backend=final.route.name, ok=insight is not None,
+                    insight=insight, violation=problem, record_id=records[-1].id,
+                )
+        self.batch.records.extend(records)
+        if outcome is not None:
+            self.batch.enrichments.append(outcome)
+        else:
+            self.failed_nouns.append(noun["strong_id"])
+
+    async def run(self, nouns: list[dict[str, Any]]) -> EnrichmentBatch:
+        """Enrich `nouns`; raise AllBackendsDown (with self.batch holding what was done) if every backend dies."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        for noun in nouns:
+            queue.put_nowait(noun)
+        progress = Progress(len(nouns), self.log, self.progress_interval_s)
+        workers = max(1, min(len(nouns), sum(r.concurrency for r in self.router.routes)))
+
+        outage: list[AllBackendsDown] = []
+
+        async def worker() -> None:
+            # On an outage, stop taking nouns but let calls in flight finish: their records count.
+            while not outage:
+                try:
+                    noun = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                try:
+                    await self.enrich_one(noun)
+                except AllBackendsDown as exc:
+                    outage.append(exc)
+                    self.failed_nouns.append(noun["strong_id"])
+                    return
+                progress.done += 1
+
+        reporter = asyncio.create_task(progress.report_until_done())
+        try:
+            await asyncio.gather(*(worker() for _ in range(workers)))
+        finally:
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
+        if outage:
+            raise outage[0]
+        if nouns:
+            self.log(progress.line())
+        return self.batch
+
+
+__all__ = ["AllBackendsDown", "EnrichmentRunner", "RunInfo"]

@@ -1,0 +1,58 @@
+"""Materialization metadata and asset-check verdicts of one enrichment run."""
+
+from __future__ import annotations
+
+from collections import Counter
+from statistics import quantiles
+from typing import Any
+
+from gemantria_dag.control_plane.records import EnrichmentBatch
+
+
+def percentile(values: list[float], q: int) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def run_stats(batch: EnrichmentBatch, *, failed_nouns: int) -> dict[str, Any]:
+    records = batch.records
+    latencies = [r.result.latency_ms for r in records if r.result.latency_ms is not None]
+    return {
+        "calls_made": len(records),
+        "calls_failed": sum(not r.result.ok for r in records),
+        "cache_hits": len(batch.reused),
+        "nouns_enriched": sum(e.ok for e in batch.enrichments),
+        "violations": sum(not e.ok for e in batch.enrichments),
+        "nouns_failed": failed_nouns,
+        "repairs": sum(r.args.purpose == "repair" for r in records),
+        "fallbacks": sum(r.args.fallback for r in records),
+        "substitutions": sum(r.result.substituted_model is not None for r in records),
+        "latency_p50_ms": percentile(latencies, 50),
+        "latency_p95_ms": percentile(latencies, 95),
+        "prompt_tokens": sum(r.result.prompt_tokens or 0 for r in records),
+        "completion_tokens": sum(r.result.completion_tokens or 0 for r in records),
+        "backend_mix": dict(Counter(r.args.backend for r in records)),
+    }
+
+
+def check_verdicts(batch: EnrichmentBatch, *, nouns_in_scope: int, failed_nouns: int,
+                   max_failure_rate: float) -> dict[str, tuple[bool, dict[str, Any]]]:
+    outcomes = batch.all_enrichments
+    ok = [e for e in outcomes if e.ok and e.insight is not None]
+    attempted = len(outcomes) + failed_nouns
+    failures = sum(not e.ok for e in outcomes) + failed_nouns
+    failure_rate = failures / attempted if attempted else 0.0
+    bad_confidence = [e.strong_id for e in ok if not 0.0 <= e.insight.confidence <= 1.0]  # type: ignore[union-attr]
+    empty = [e.strong_id for e in ok if not e.insight.insight.strip()]  # type: ignore[union-attr]
+    coverage = len(outcomes) / nouns_in_scope if nouns_in_scope else 1.0
+    return {
+        "coverage": (coverage >= 1.0, {"coverage": coverage, "with_outcome": len(outcomes), "nouns": nouns_in_scope}),
+        "failure_rate": (failure_rate <= max_failure_rate,
+                         {"failure_rate": failure_rate, "failures": failures, "threshold": max_failure_rate}),
+        "confidence_in_range": (not bad_confidence, {"out_of_range": len(bad_confidence),
+                                                     "examples": ", ".join(bad_confidence[:10])}),
+        "no_empty_insight": (not empty, {"empty": len(empty), "examples": ", ".join(empty[:10])}),
+    }

@@ -1,0 +1,23 @@
+"""IO managers that persist enrichment call records to the control plane (or skip them when it is off)."""
+
+from resources.io_managers.cache import EnrichmentCache, PostgresEnrichmentCache, SqliteEnrichmentCache
+from resources.io_managers.control_plane import ControlPlaneIOManager
+from resources.io_managers.factory import (
+    ControlPlaneIOManagerFactory,
+    control_plane_is_off,
+    enrichment_cache_for,
+    persist_batch,
+)
+from resources.io_managers.noop_control_plane import NoOpControlPlaneIOManager
+
+__all__ = [
+    "ControlPlaneIOManager",
+    "ControlPlaneIOManagerFactory",
+    "EnrichmentCache",
+    "NoOpControlPlaneIOManager",
+    "PostgresEnrichmentCache",
+    "SqliteEnrichmentCache",
+    "control_plane_is_off",
+    "enrichment_cache_for",
+    "persist_batch",
+]

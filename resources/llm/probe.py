@@ -1,0 +1,481 @@
+"""Health probes for LM Studio and remote OpenAI-compatible APIs, without Dagster.
+
+The resources' `health()` methods and `pmagent health` both call these; the CLI imports this
+module directly so that a health check does not pay for importing Dagster (about 1 s here).
+
+A health check reads small GET answers only: it never spends a completion, and it runs on a
+budget of its own (connect 1 s, everything at most HEALTH_BUDGET_SECONDS) so that a server
+which accepts a connection and never answers cannot stall a caller.
+
+LM Studio's health, in order (every answer is read: LM Studio answers routes it lacks with HTTP
+200 and an error body, so a status alone says nothing):
+1. the configured health endpoint (LM_STUDIO_HEALTH_ENDPOINT, default /health, relative to the
+   server root). LM Studio serves none: an error body, or a body that is not LM Studio's, falls back to
+2. `GET /lmstudio-greeting` (`{"lmstudio": true}`: what LM Studio's own CLI and SDK probe), then
+3. the model listings: `/api/v1/models` (0.4, `loaded_instances`), else `/api/v0/models` (legacy,
+   `state`); only a server that is not LM Studio, or an LM Studio older than both, falls back to
+   `/v1/models`, which lists every downloaded model while just-in-time loading is on and so cannot
+   tell "loaded".
+"""
+
+from __future__ import annotations
+
+import time
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+from pydantic import ValidationError
+
+from resources.llm.openai_protocol import (
+    GENERIC_FIXES,
+    Lenient,
+    bearer,
+    error_from_body,
+    error_from_exception,
+    is_connect_failure,
+    redact,
+    redact_error,
+    with_fix,
+)
+from resources.llm.results import ErrorCode, HealthDetails, HealthResult, LLMError, ProbeStep, ServerKind
+
+HEALTH_CONNECT_SECONDS = 1.0
+HEALTH_BUDGET_SECONDS = 4.0
+# What a resource spends, once, to learn which server it talks to when no health check told it.
+PROFILE_BUDGET_SECONDS = 2.0
+DEFAULT_HEALTH_ENDPOINT = "/health"
+GREETING = "/lmstudio-greeting"
+NATIVE_MODELS = "/api/v1/models"
+LEGACY_MODELS = "/api/v0/models"
+# Fixes printed with the errors (the token itself is never printed).
+TOKEN_MISSING_FIX = "set LM_STUDIO_API_TOKEN to the server's API token"
+TOKEN_REFUSED_FIX = "LM_STUDIO_API_TOKEN was refused: set it to one of the server's API tokens"
+REMOTE_KEY_FIX = "check REMOTE_LLM_API_KEY (the server refused it)"
+LM_OFF_FIX = "start LM Studio's server (`lms server start`) or correct LM_STUDIO_BASE_URL"
+# A model listing is a few kB; a health check must not download whatever a broken server sends.
+MAX_LISTING_BYTES = 4 * 1024 * 1024
+
+
+class _NativeModel(Lenient):
+    """An entry of LM Studio 0.4's `GET /api/v1/models`."""
+
+    key: str
+    type: str | None = None
+    loaded_instances: list[dict[str, object]] = []
+
+
+class _NativeListing(Lenient):
+    models: list[_NativeModel]
+
+
+class _LegacyModel(Lenient):
+    """An entry of LM Studio's legacy `GET /api/v0/models`."""
+
+    id: str
+    type: str | None = None
+    state: str
+
+
+class _LegacyListing(Lenient):
+    data: list[_LegacyModel]
+
+
+class _OpenAIModel(Lenient):
+    id: str
+
+
+class _OpenAIListing(Lenient):
+    data: list[_OpenAIModel]
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    models: list[str]
+    # None: this server cannot tell which models are loaded.
+    loaded: frozenset[str] | None
+    kind: ServerKind
+
+
+def _native(content: bytes) -> Listing:
+    body = _NativeListing.model_validate_json(content)
+    llms = [m for m in body.models if m.type != "embedding"]
+    models = [m.key for m in llms]
+    loaded: set[str] = set()
+    for m in llms:
+        if m.loaded_instances:
+            loaded.add(m.key)
+            # A loaded instance can be addressed by its own identifier too.
+            loaded.update(str(i["id"]) for i in m.loaded_instances if isinstance(i.get("id"), str))
+    return Listing(models=models, loaded=frozenset(loaded), kind="lm_studio")
+
+
+def _legacy(content: bytes) -> Listing:
+    body = _LegacyListing.model_validate_json(content)
+    llms = [m for m in body.data if m.type not in ("embeddings", "embedding")]
+    return Listing(models=[m.id for m in llms], loaded=frozenset(m.id for m in llms if m.state == "loaded"),
+                   kind="lm_studio_legacy")
+
+
+def _openai(content: bytes) -> Listing:
+    body = _OpenAIListing.model_validate_json(content)
+    return Listing(models=[m.id for m in body.data], loaded=None, kind="openai_compatible")
+
+
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    label: str
+    url: str
+    parse: Callable[[bytes], Listing]
+
+
+class _BudgetSpent(Exception):
+    pass
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _get(client: httpx.Client, url: str, headers: dict[str, str], deadline: float) -> tuple[int, bytes]:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _BudgetSpent()
+    timeout = httpx.Timeout(remaining, connect=min(HEALTH_CONNECT_SECONDS, remaining))
+    with client.stream("GET", url, headers=headers, timeout=timeout) as response:
+        chunks: list[bytes] = []
+        size = 0
+        # Per-read timeouts alone would let a server that trickles bytes run past the budget.
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > MAX_LISTING_BYTES:
+                raise _TooLarge()
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise _BudgetSpent()
+        return response.status_code, b"".join(chunks)
+
+
+def native_root(base_url: str) -> str:
+    """LM Studio's native API lives beside the OpenAI one: http://host:1234/v1 -> http://host:1234."""
+    base = base_url.rstrip("/")
+    return base[: -len("/v1")] if base.endswith("/v1") else base
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000.0, 2)
+
+
+def is_greeting(content: bytes) -> bool:
+    """LM Studio's greeting, `{"lmstudio": true}`."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("lmstudio") is True
+
+
+def _short(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(slots=True)
+class _ProbeRun:
+    """The requests of one check, on one budget; a transport failure, the budget or a refused token ends it."""
+
+    client: httpx.Client
+    headers: dict[str, str]
+    secret: str | None
+    deadline: float
+    connect_failed: bool = False
+    stopped: bool = False
+    last_error: LLMError | None = None
+    last_label: str | None = None
+    steps: list[ProbeStep] = field(default_factory=list)
+    budget_seconds: float = HEALTH_BUDGET_SECONDS
+
+    def _note(self, label: str, status: int | None, outcome: str) -> None:
+        self.steps.append(ProbeStep(endpoint=label, status=status, outcome=redact(outcome, self.secret)))
+
+    def fetch(self, label: str, url: str) -> tuple[int, bytes] | None:
+        """(status, body), or None when the run ends here (`last_error` says why)."""
+        self.last_label = label
+        try:
+            return _get(self.client, url, self.headers, self.deadline)
+        except _BudgetSpent:
+            self.last_error = LLMError(code=ErrorCode.TIMEOUT, message=(
+                f"no complete answer from {label} within the {self.budget_seconds:g} s health budget"))
+            self._note(label, None, "no answer in time")
+        except _TooLarge:
+            self.last_error = LLMError(code=ErrorCode.BAD_RESPONSE, message=(
+                f"{label} answered more than {MAX_LISTING_BYTES // 2**20} MB: not a model list"))
+            self._note(label, 200, "answer too large")
+        except httpx.HTTPError as exc:
+            self.connect_failed = is_connect_failure(exc)
+            self.last_error = redact_error(error_from_exception(exc), self.secret)
+            self._note(label, None, self.last_error.code.value)
+        self.stopped = True
+        return None
+
+    def refused(self, label: str, status: int, content: bytes) -> LLMError:
+        error = redact_error(error_from_body(status, content).error, self.secret)
+        text = error.message.removeprefix(f"HTTP {status}: ").removesuffix(GENERIC_FIXES.get(error.code, ""))
+        self._note(label, status, "refused: " + _short(text))
+        return error
+
+    def describe(self, label: str, status: int, content: bytes, *, what: str) -> LLMError:
+        """Note an answer that is not `what`, and return it as an error."""
+        failure = error_from_body(status, content).error
+        if status >= 400 or not content:
+            error = redact_error(failure, self.secret)
+            outcome = f"HTTP {status}" + (f": {_short(failure.message.removeprefix(f'HTTP {status}: '))}"
+                                          if content else ", empty body")
+        elif failure.code == ErrorCode.BAD_RESPONSE and "error in answer" in failure.message:
+            text = redact(failure.message.removeprefix("error in answer: "), self.secret)
+            error = LLMError(code=ErrorCode.BAD_RESPONSE, http_status=status,
+                             message=f"{label} answered HTTP {status} with an error body, not {what}: {text}")
+            outcome = f"error body: {_short(text)}"
+        else:
+            error = LLMError(code=ErrorCode.BAD_RESPONSE, http_status=status,
+                             message=f"{label} did not answer with {what}")
+            outcome = f"not {what}"
+        self._note(label, status, outcome)
+        return error
+
+    def listing(self, probes: list[_Probe]) -> tuple[_Probe, Listing] | None:
+        """The first probe that yields a model listing, or None (`stopped` says whether the run ended)."""
+        for probe in probes:
+            got = self.fetch(probe.label, probe.url)
+            if got is None:
+                return None
+            status, content = got
+            if status in (401, 403):
+                self.last_error = self.refused(probe.label, status, content)
+                self.stopped = True
+                return None
+            if 200 <= status < 300 and content:
+                try:
+                    found = probe.parse(content)
+                except (ValidationError, ValueError):
+                    pass  # an error body, or not this kind of server: try the next probe
+                else:
+                    loaded = "" if found.loaded is None else f", {sum(m in found.loaded for m in found.models)} loaded"
+                    self._note(probe.label, status, f"model listing ({len(found.models)} models{loaded})")
+                    return probe, found
+            self.last_error = self.describe(probe.label, status, content, what="a model list")
+        return None
+
+    def identify(self, root: str, endpoints: list[str]) -> str | None:
+        """The first endpoint that answers with LM Studio's greeting, or None."""
+        for endpoint in dict.fromkeys(endpoints):
+            got = self.fetch(endpoint, f"{root}{endpoint}")
+            if got is None:
+                return None
+            status, content = got
+            if 200 <= status < 300 and is_greeting(content):
+                self._note(endpoint, status, "LM Studio's greeting")
+                return endpoint
+            if status in (401, 403):
+                # Not the greeting (which needs no token): LM Studio checks the token before the route.
+                self.refused(endpoint, status, content)
+                continue
+            self.describe(endpoint, status, content, what="LM Studio's greeting")
+        return None
+
+
+def _listing_probes(base_url: str, root: str, *, openai_fallback: bool) -> list[_Probe]:
+    probes = [_Probe(NATIVE_MODELS, f"{root}{NATIVE_MODELS}", _native),
+              _Probe(LEGACY_MODELS, f"{root}{LEGACY_MODELS}", _legacy)]
+    if openai_fallback:
+        probes.append(_Probe(httpx.URL(f"{base_url}/models").path, f"{base_url}/models", _openai))
+    return probes
+
+
+def _shown(models: list[str] | frozenset[str], limit: int = 10) -> str:
+    names = sorted(models) if isinstance(models, frozenset) else list(models)
+    return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
+
+
+def _judge_model(model: str | None, listing: Listing, *, setting: str = "LM_STUDIO_MODEL",
+                 lm_studio: bool = True) -> tuple[bool | None, bool | None, LLMError | None]:
+    """(model_present, model_loaded, problem) for the configured model against a listing."""
+    if model is None:
+        if listing.loaded is not None and not listing.loaded:
+            fix = f"load a model (`lms load <model>`) and set {setting} to it"
+            return None, None, LLMError(code=ErrorCode.MODEL_NOT_LOADED, fix=fix,
+                                        message=f"No models loaded (fix: {fix})")
+        if not listing.models:
+            return None, None, LLMError(code=ErrorCode.MODEL_NOT_FOUND, message="the server lists no models")
+        return None, None, None
+    loaded = None if listing.loaded is None else model in listing.loaded
+    present = model in listing.models or bool(loaded)
+    if not present:
+        fix = (f"download it (`lms get {model}`) or set {setting} to one of the server's models" if lm_studio
+               else f"set {setting} to one of the server's models")
+        return False, loaded, LLMError(code=ErrorCode.MODEL_NOT_FOUND, fix=fix, message=(
+            f"model {model!r} is not among the server's {len(listing.models)} models "
+            f"({_shown(listing.models) or 'none'}) (fix: {fix})"))
+    if loaded is False:
+        fix = f"lms load {model}"
+        others = listing.loaded or frozenset()
+        if others:
+            what = f"model {model!r} is downloaded but not loaded (loaded: {_shown(others)})"
+        else:
+            what = f"No models loaded: model {model!r} is downloaded but nothing is loaded"
+        return True, False, LLMError(code=ErrorCode.MODEL_NOT_LOADED, fix=fix,
+                                     message=f"{what}: run `lms load {model}` (fix: {fix})")
+    return True, loaded, None
+
+
+def _token_fix(api_token: str | None) -> str:
+    return TOKEN_REFUSED_FIX if api_token else TOKEN_MISSING_FIX
+
+
+_KIND_NAMES: dict[str | None, str] = {
+    "lm_studio": "LM Studio (0.4 API)",
+    "lm_studio_legacy": "LM Studio (legacy API)",
+    "openai_compatible": "an OpenAI-compatible server (not LM Studio)",
+    None: "the server",
+}
+
+
+def lm_studio_health(
+    *,
+    base_url: str,
+    model: str | None,
+    api_token: str | None = None,
+    client: httpx.Client | None = None,
+    budget_seconds: float = HEALTH_BUDGET_SECONDS,
+    health_endpoint: str = DEFAULT_HEALTH_ENDPOINT,
+) -> HealthResult:
+    """LM Studio's health: lm_ready, lm_off (nothing listens) or error (something is wrong).
+
+    The token, when given, goes with every request (the greeting included) and never into the result.
+    """
+    started = time.perf_counter()
+    base = base_url.rstrip("/")
+    root = native_root(base)
+    endpoint = health_endpoint if health_endpoint.startswith("/") else f"/{health_endpoint}"
+    owned = client is None
+    http = client or httpx.Client(trust_env=False)
+    try:
+        run = _ProbeRun(http, bearer(api_token), api_token, time.monotonic() + budget_seconds,
+                        budget_seconds=budget_seconds)
+        identified_by = run.identify(root, [endpoint, GREETING])
+        found = None if run.stopped else run.listing(_listing_probes(base, root, openai_fallback=True))
+    finally:
+        if owned:
+            http.close()
+    details = HealthDetails(base_url=base_url, model=model, latency_ms=_ms(started), identified_by=identified_by,
+                            probes=run.steps)
+    if found is None:
+        error = run.last_error or LLMError(code=ErrorCode.BAD_RESPONSE, message="no probe answered")
+        details.probe = run.last_label
+        details.server_kind = "lm_studio" if identified_by else None
+        if run.connect_failed:
+            details.error = with_fix(error, LM_OFF_FIX)
+            details.message = f"LM Studio is off: nothing answers at {base_url} ({details.error.message})"
+            return HealthResult(ok=False, mode="lm_off", details=details)
+        if error.code == ErrorCode.UNAUTHORIZED:
+            error = with_fix(error, _token_fix(api_token))
+            details.error = error
+            details.message = f"{_KIND_NAMES[details.server_kind]} at {base_url} refused the request: {error.message}"
+            return HealthResult(ok=False, mode="error", details=details)
+        details.error = error
+        details.message = f"LM Studio at {base_url} is not usable: {error.message}"
+        return HealthResult(ok=False, mode="error", details=details)
+    probe, listing = found
+    kind: ServerKind = listing.kind
+    if kind == "openai_compatible" and identified_by:
+        kind = "lm_studio_legacy"  # an LM Studio older than both native listings
+    present, loaded, problem = _judge_model(model, listing, lm_studio=kind != "openai_compatible")
+    details.available_models = listing.models
+    details.loaded_models = None if listing.loaded is None else [m for m in listing.models if m in listing.loaded]
+    details.model_present, details.model_loaded = present, loaded
+    details.probe, details.server_kind, details.error = probe.label, kind, problem
+    who = _KIND_NAMES[kind]
+    if problem is not None:
+        details.message = f"{who} at {base_url} answers, but {problem.message}"
+        return HealthResult(ok=False, mode="error", details=details)
+    if model is None:
+        state = "no model configured (LM_STUDIO_MODEL): the server answers with what it has loaded"
+    elif loaded:
+        state = f"model {model} is loaded"
+    else:
+        state = f"model {model} is listed (this server cannot tell whether it is loaded)"
+    details.message = f"{who} at {base_url} answers; {state}"
+    return HealthResult(ok=True, mode="lm_ready", details=details)
+
+
+def learn_server(*, base_url: str, client: httpx.Client, api_token: str | None = None,
+                 budget_seconds: float = PROFILE_BUDGET_SECONDS) -> Listing | None:
+    """Which server this is, from LM Studio's native listings alone (for a resource's first call).
+
+    A listing: LM Studio (0.4 or legacy) with its loaded models. Neither route there (404s, error
+    bodies): another OpenAI-compatible server. None: unknown this time (no answer, refused token,
+    a server error), so the caller may ask again later.
+    """
+    base = base_url.rstrip("/")
+    run = _ProbeRun(client, bearer(api_token), api_token, time.monotonic() + budget_seconds,
+                    budget_seconds=budget_seconds)
+    found = run.listing(_listing_probes(base, native_root(base), openai_fallback=False))
+    if found is not None:
+        return found[1]
+    if run.stopped or any(step.status is None or step.status >= 500 for step in run.steps):
+        return None
+    return Listing(models=[], loaded=None, kind="openai_compatible")
+
+
+def remote_health(
+    *,
+    base_url: str | None,
+    model: str | None,
+    api_key: str | None,
+    provider: str,
+    client: httpx.Client | None = None,
+    budget_seconds: float = HEALTH_BUDGET_SECONDS,
+) -> HealthResult:
+    """A remote API's health from `GET /models` alone: remote_ready, remote_off or error.
+
+    It never spends a completion (nor a token of the account's quota)."""
+    started = time.perf_counter()
+    details = HealthDetails(base_url=base_url, model=model, provider=provider)
+    missing = [name for name, value in (("REMOTE_LLM_BASE_URL", base_url), ("REMOTE_LLM_API_KEY", api_key),
+                                        ("REMOTE_LLM_MODEL", model)) if not value]
+    if missing:
+        details.message = f"remote LLM is off: {', '.join(missing)} not set"
+        return HealthResult(ok=False, mode="remote_off", details=details)
+    assert base_url is not None
+    probe = _Probe(httpx.URL(f"{base_url}/models").path, f"{base_url}/models", _openai)
+    owned = client is None
+    http = client or httpx.Client()
+    try:
+        run = _ProbeRun(http, bearer(api_key), api_key, time.monotonic() + budget_seconds,
+                        budget_seconds=budget_seconds)
+        found = run.listing([probe])
+    finally:
+        if owned:
+            http.close()
+    details.latency_ms, details.probe, details.probes = _ms(started), probe.label, run.steps
+    if found is None:
+        error = run.last_error
+        if error is not None and error.code == ErrorCode.UNAUTHORIZED:
+            error = with_fix(error, REMOTE_KEY_FIX)
+        details.error = error
+        why = error.message if error else "no answer"
+        if run.connect_failed:
+            details.message = f"remote LLM is off: nothing answers at {base_url} ({why})"
+            return HealthResult(ok=False, mode="remote_off", details=details)
+        details.message = f"remote LLM at {base_url} is not usable: {why}"
+        return HealthResult(ok=False, mode="error", details=details)
+    _, listing = found
+    present, _, problem = _judge_model(model, listing, setting="REMOTE_LLM_MODEL", lm_studio=False)
+    details.available_models, details.model_present = listing.models, present
+    details.server_kind, details.error = listing.kind, problem
+    if problem is not None:
+        details.message = f"remote LLM at {base_url} answers, but {problem.message}"
+        return HealthResult(ok=False, mode="error", details=details)
+    details.message = f"remote LLM at {base_url} answers; model {model} listed"
+    return HealthResult(ok=True, mode="remote_ready", details=details)

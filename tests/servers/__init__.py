@@ -1,0 +1,1 @@
+"""Servers the tests run on loopback (real sockets)."""

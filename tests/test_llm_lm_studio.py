@@ -1,0 +1,168 @@
+"""The LM Studio resource against a real llama.cpp engine (SmolLM2-135M on loopback).
+
+LM Studio runs models with llama.cpp behind an OpenAI-compatible API; llama-cpp-python's server
+is that engine. Answers are real (tiny-model noise), so the tests assert structure and
+bookkeeping, never meaning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from dagster import asset, materialize
+
+from resources.llm.lm_studio import LMStudioResource
+from resources.llm.results import CompletionResult, ErrorCode
+from tests.fixtures.llm import LlamaServer
+
+SCHEMA = {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]}
+
+
+@pytest.fixture
+def lm(llama_server: LlamaServer) -> LMStudioResource:
+    resource = LMStudioResource(base_url=llama_server.base_url, model=llama_server.model)
+    yield resource
+    resource.close()
+
+
+def assert_real_answer(result: CompletionResult, model: str) -> None:
+    assert result.ok, result.error
+    assert result.error is None
+    assert result.response and result.response.strip()
+    meta = result.metadata
+    assert meta.backend == "lm_studio"
+    assert meta.model == model and meta.requested_model == model
+    assert meta.completion_tokens and meta.completion_tokens > 0
+    assert meta.tokens_per_second and meta.tokens_per_second > 0
+    assert meta.latency_ms > 0
+    assert meta.finish_reason in ("stop", "length")
+    assert meta.attempts == 1
+
+
+def test_complete_prompt_real_answer(lm: LMStudioResource, llama_server: LlamaServer) -> None:
+    result = lm.complete("Name one fruit.", max_tokens=16, temperature=0.0)
+    assert_real_answer(result, llama_server.model)
+    assert result.metadata.prompt_tokens and result.metadata.prompt_tokens > 0
+    assert result.metadata.completion_tokens <= 16
+    # Not streamed, and the OpenAI-compatible endpoint reports no timing: no time to first token.
+    assert result.metadata.ttft_ms is None
+
+
+def test_complete_messages_and_max_tokens_cut(lm: LMStudioResource, llama_server: LlamaServer) -> None:
+    result = lm.complete(messages=[{"role": "system", "content": "You are terse."},
+                                   {"role": "user", "content": "Write a long story about a king."}],
+                         max_tokens=4, temperature=0.0)
+    assert_real_answer(result, llama_server.model)
+    assert result.metadata.finish_reason == "length"
+    assert result.metadata.completion_tokens == 4
+
+
+def test_stream_gives_time_to_first_token(lm: LMStudioResource, llama_server: LlamaServer) -> None:
+    result = lm.complete("Say hello.", max_tokens=12, stream=True)
+    assert_real_answer(result, llama_server.model)
+    assert result.metadata.ttft_ms is not None and 0 < result.metadata.ttft_ms <= result.metadata.latency_ms
+
+
+def test_async_calls_share_one_pool(lm: LMStudioResource, llama_server: LlamaServer) -> None:
+    async def run() -> list[CompletionResult]:
+        try:
+            return await asyncio.gather(*(lm.acomplete(f"Count to {n}.", max_tokens=8) for n in range(4)),
+                                        lm.acomplete("Say hi.", max_tokens=8, stream=True))
+        finally:
+            await lm.aclose()
+
+    results = asyncio.run(run())
+    for result in results:
+        assert_real_answer(result, llama_server.model)
+
+
+def test_threads_share_one_client(lm: LMStudioResource, llama_server: LlamaServer) -> None:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda n: lm.complete(f"Number {n}?", max_tokens=6), range(6)))
+    for result in results:
+        assert_real_answer(result, llama_server.model)
+    assert lm._client is not None  # one lazily created client served every thread
+
+
+def test_structured_output_falls_back_once_and_remembers(lm: LMStudioResource, llama_server: LlamaServer) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "word", "schema": SCHEMA}}
+    first = lm.complete("Give one Hebrew word as JSON.", max_tokens=48, response_format=fmt, temperature=0.0)
+    # llama-cpp-python refuses json_schema with a 500; the client switched to json_object in the same call.
+    assert first.ok, first.error
+    assert first.metadata.attempts == 2
+    assert first.metadata.response_format_type == "json_object"
+    assert lm.learned_structured_form == "json_object"
+    second = lm.complete("Give one Hebrew word as JSON.", max_tokens=48, response_format=fmt, temperature=0.0)
+    assert second.ok and second.metadata.attempts == 1
+    for result in (first, second):
+        # Grammar-constrained: it parses, unless max_tokens cut it mid-string.
+        if result.metadata.finish_reason == "stop":
+            assert "word" in json.loads(result.response or "")
+        else:
+            assert result.metadata.finish_reason == "length" and result.response.lstrip().startswith("{")
+
+
+def test_pinned_json_object_needs_no_fallback(llama_server: LlamaServer) -> None:
+    lm = LMStudioResource(base_url=llama_server.base_url, model=llama_server.model, structured_output="json_object")
+    try:
+        result = lm.complete("JSON please.", max_tokens=32, response_format={"type": "json_object", "schema": SCHEMA})
+    finally:
+        lm.close()
+    assert result.ok and result.metadata.attempts == 1 and result.metadata.response_format_type == "json_object"
+
+
+def test_health_ready_on_a_plain_openai_server(lm: LMStudioResource, llama_server: LlamaServer) -> None:
+    health = lm.health()
+    assert health.ok and health.mode == "lm_ready"
+    d = health.details
+    # llama.cpp has no LM Studio native API: /api/v1 and /api/v0 answer 404, /v1/models decides.
+    assert d.probe == "/v1/models" and d.server_kind == "openai_compatible"
+    assert d.available_models == [llama_server.model]
+    assert d.model_present is True and d.model_loaded is None
+    assert d.error is None and d.latency_ms > 0 and d.base_url == llama_server.base_url
+
+
+def test_health_unknown_model(llama_server: LlamaServer) -> None:
+    lm = LMStudioResource(base_url=llama_server.base_url, model="qwen2.5-7b-instruct")
+    health = lm.health()
+    lm.close()
+    assert not health.ok and health.mode == "error"
+    assert health.details.error and health.details.error.code == ErrorCode.MODEL_NOT_FOUND
+    assert health.details.model_present is False and health.details.available_models == [llama_server.model]
+
+
+def test_from_settings(monkeypatch: pytest.MonkeyPatch, llama_server: LlamaServer) -> None:
+    from gemantria_dag.settings import get_settings, reset_settings_cache
+
+    monkeypatch.setenv("LM_STUDIO_BASE_URL", llama_server.base_url)
+    monkeypatch.setenv("LM_STUDIO_MODEL", llama_server.model)
+    monkeypatch.setenv("LM_STUDIO_TIMEOUT_SECONDS", "12")
+    monkeypatch.setenv("LM_STUDIO_MAX_CONCURRENCY", "3")
+    reset_settings_cache()
+    lm = LMStudioResource.from_settings(get_settings())
+    assert (lm.base_url, lm.model, lm.timeout_seconds, lm.max_connections) == (
+        llama_server.base_url, llama_server.model, 12.0, 3)
+    assert lm.health().mode == "lm_ready"
+    lm.close()
+
+
+def test_as_a_dagster_resource(llama_server: LlamaServer) -> None:
+    seen: dict[str, object] = {}
+
+    @asset
+    def greeting(context, llm: LMStudioResource) -> str:  # noqa: ANN001 - dagster checks the hint by identity
+        result = llm.complete("Say hello.", max_tokens=8)
+        assert result.ok, result.error
+        seen["resource"] = llm
+        context.add_output_metadata({"tokens": result.metadata.completion_tokens or 0})
+        return result.response or ""
+
+    outcome = materialize([greeting], resources={"llm": LMStudioResource(base_url=llama_server.base_url,
+                                                                         model=llama_server.model)})
+    assert outcome.success
+    assert outcome.output_for_node("greeting")
+    # teardown_after_execution closed the run's client.
+    assert seen["resource"]._client is None  # type: ignore[attr-defined]
