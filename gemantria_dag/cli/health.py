@@ -29,6 +29,13 @@ def _emit(result: HealthResult, pretty: bool) -> None:
     raise typer.Exit(0 if result.ok else 1)
 
 
+_KINDS = {
+    "lm_studio": "lm_studio (LM Studio 0.4, /api/v1)",
+    "lm_studio_legacy": "lm_studio_legacy (LM Studio, legacy /api/v0)",
+    "openai_compatible": "openai_compatible (not LM Studio)",
+}
+
+
 def _print_table(result: HealthResult) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -40,12 +47,20 @@ def _print_table(result: HealthResult) -> None:
     table.add_column("value", overflow="fold")
     models = ", ".join(d.available_models[:20]) + (f" (+{len(d.available_models) - 20} more)"
                                                      if len(d.available_models) > 20 else "")
+    # A model's state is only shown when a listing answered (not when, say, the token was refused).
+    listed = bool(d.model) and (bool(d.available_models) or d.model_present is not None)
+    probes = "\n".join(f"{s.endpoint} -> {s.status if s.status is not None else 'no answer'}: {s.outcome}"
+                       for s in d.probes)
     rows: list[tuple[str, object]] = [
         ("ok", result.ok), ("base URL", d.base_url), ("provider", d.provider), ("model", d.model),
-        ("available models", models or None), ("model present", _tri(d.model_present, d.model)),
-        ("model loaded", _tri(d.model_loaded, d.model and d.server_kind)),
-        ("server kind", d.server_kind), ("probe", d.probe), ("latency", f"{d.latency_ms:.0f} ms"),
-        ("error", f"{d.error.code.value}: {d.error.message}" if d.error else None), ("summary", d.message),
+        ("server kind", _KINDS.get(d.server_kind or "", d.server_kind)), ("identified by", d.identified_by),
+        ("available models", models or None),
+        ("loaded models", None if d.loaded_models is None else (", ".join(d.loaded_models) or "none")),
+        ("model present", _tri(d.model_present, listed)),
+        ("model loaded", _tri(d.model_loaded, listed and d.server_kind)),
+        ("probe", d.probe), ("probes", probes or None), ("latency", f"{d.latency_ms:.0f} ms"),
+        ("error", d.error.code.value if d.error else None), ("fix", d.error.fix if d.error else None),
+        ("summary", d.message),
     ]
     for name, value in rows:
         if value is not None:
@@ -62,10 +77,11 @@ def _tri(value: bool | None, relevant: object) -> str | None:
 
 @app.command("lm")
 def lm(pretty: bool = PRETTY) -> None:
-    """LM Studio: lm_ready | lm_off | error."""
+    """LM Studio: lm_ready | lm_off | error, with the server kind, the probes asked and the fix."""
     with fail_on_settings_error() as settings:
         result = lm_studio_health(base_url=settings.lm_studio_base_url, model=settings.lm_studio_model,
-                                  api_token=_secret(settings.lm_studio_api_token))
+                                  api_token=_secret(settings.lm_studio_api_token),
+                                  health_endpoint=settings.lm_studio_health_endpoint)
     _emit(result, pretty)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gemantria_dag.routing.circuit_breaker import CircuitBreaker
-from resources.llm.results import CompletionResult, ErrorCode
+from resources.llm.results import RETRYABLE_CODES, CompletionResult, ErrorCode
 
 # Only failures that say "the backend is unreachable" trip the breaker; a bad answer does not.
 OUTAGE_CODES = frozenset({ErrorCode.CONNECTION_REFUSED, ErrorCode.TIMEOUT})
@@ -63,13 +63,20 @@ class FailoverRouter:
         while True:
             attempts: list[Attempt] = []
             for route in self.routes:
-                if not route.breaker.allow():
-                    continue
                 async with route.semaphore:
+                    # Asked inside the slot: calls queued behind a dying backend see the breaker open
+                    # instead of each spending a connection failure on it.
+                    if not route.breaker.allow():
+                        continue
                     result = await route.backend.acomplete(model=route.model, **request)
                 attempts.append(Attempt(route=route, result=result, fallback=route is not self.primary))
-                if not result.ok and result.error is not None and result.error.code in OUTAGE_CODES:
-                    route.breaker.record_failure(f"{result.error.code}: {result.error.message}")
+                if not result.ok and result.error is not None and result.error.code in RETRYABLE_CODES:
+                    # Only "unreachable" counts toward opening the breaker; any transient failure
+                    # (a 500 as the server dies, a cut stream) still gets this call another route.
+                    if result.error.code in OUTAGE_CODES:
+                        route.breaker.record_failure(f"{result.error.code}: {result.error.message}")
+                    else:
+                        route.breaker.release_trial()
                     continue
                 if result.ok:
                     route.breaker.record_success()

@@ -305,7 +305,7 @@ def _judge_model(model: str | None, listing: Listing, *, setting: str = "LM_STUD
         if listing.loaded is not None and not listing.loaded:
             fix = f"load a model (`lms load <model>`) and set {setting} to it"
             return None, None, LLMError(code=ErrorCode.MODEL_NOT_LOADED, fix=fix,
-                                        message=f"No models loaded (fix: {fix})")
+                                        message=f"no models loaded (fix: {fix})")
         if not listing.models:
             return None, None, LLMError(code=ErrorCode.MODEL_NOT_FOUND, message="the server lists no models")
         return None, None, None
@@ -319,13 +319,12 @@ def _judge_model(model: str | None, listing: Listing, *, setting: str = "LM_STUD
             f"({_shown(listing.models) or 'none'}) (fix: {fix})"))
     if loaded is False:
         fix = f"lms load {model}"
-        others = listing.loaded or frozenset()
+        others = [m for m in listing.models if m in (listing.loaded or ())]
         if others:
-            what = f"model {model!r} is downloaded but not loaded (loaded: {_shown(others)})"
+            what = f"model {model!r} is downloaded but not loaded; the loaded models are {_shown(others)}"
         else:
-            what = f"No models loaded: model {model!r} is downloaded but nothing is loaded"
-        return True, False, LLMError(code=ErrorCode.MODEL_NOT_LOADED, fix=fix,
-                                     message=f"{what}: run `lms load {model}` (fix: {fix})")
+            what = f"no models loaded: model {model!r} is downloaded, but LM Studio has nothing loaded"
+        return True, False, LLMError(code=ErrorCode.MODEL_NOT_LOADED, fix=fix, message=f"{what} (fix: {fix})")
     return True, loaded, None
 
 
