@@ -26,13 +26,13 @@ from gemantria_dag.enrichment.runner import AllBackendsDown, EnrichmentRunner, R
 from gemantria_dag.enrichment.stats import check_verdicts, run_stats
 from gemantria_dag.routing.decision import RoutingDecision
 from gemantria_dag.routing.live import decide_now
+from gemantria_dag.routing.tags import BACKEND_TAG
 from gemantria_dag.settings import get_settings
 from resources.io_managers.factory import enrichment_cache_for, persist_batch
 from resources.llm.lm_studio import LMStudioResource
 from resources.llm.remote import RemoteLLMResource
 
 CHECKS = ("coverage", "failure_rate", "confidence_in_range", "no_empty_insight")
-BACKEND_TAG = "gemantria/llm_backend"
 
 
 class EnrichmentConfig(Config):
@@ -76,6 +76,9 @@ def noun_enrichments(
         model = settings.lm_studio_model if config.backend == "lm_studio" else settings.remote_llm_model
         decision = RoutingDecision(backend=config.backend, model=model, reasons=config.routing_reasons)
     context.log.info("routing (%s): %s", config.decided_by, decision.summary())
+    if BACKEND_TAG not in context.run.tags:
+        # Runs launched by hand decide here; tag them too, so the UI shows every run's backend.
+        context.instance.add_run_tags(context.run_id, {BACKEND_TAG: decision.backend})
     if decision.backend == "none":
         raise Failure(description=f"no LLM backend available: {'; '.join(decision.reasons)}",
                       metadata={"reasons": MetadataValue.json(decision.reasons)})

@@ -326,6 +326,16 @@ def test_a_loaded_model_keeps_the_per_call_timeout(make_lm: Callable[..., LMStud
     assert lm.profile is not None and lm.profile.loaded is not None and lmstudio.model in lm.profile.loaded
 
 
+def test_budgets_and_health_endpoint_come_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LM_STUDIO_TIMEOUT_SECONDS", "12")
+    monkeypatch.setenv("LM_STUDIO_LOAD_TIMEOUT_SECONDS", "45")
+    monkeypatch.setenv("LM_STUDIO_HEALTH_ENDPOINT", "/lmstudio-greeting")
+    reset_settings_cache()
+    lm = LMStudioResource.from_settings()
+    assert (lm.timeout_seconds, lm.load_timeout_seconds, lm.health_endpoint) == (12.0, 45.0, "/lmstudio-greeting")
+    assert LMStudioResource().load_timeout_seconds == 60.0
+
+
 # ---------------------------------------------------------------- a cut stream is an error
 
 

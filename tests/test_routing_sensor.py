@@ -9,7 +9,8 @@ import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context
 
 from gemantria_dag.resources import build_resources
-from gemantria_dag.sensors.lm_routing_sensor import BACKEND_TAG, lm_routing_sensor
+from gemantria_dag.routing.tags import BACKEND_TAG
+from gemantria_dag.sensors.lm_routing_sensor import lm_routing_sensor
 from gemantria_dag.settings import get_settings, reset_settings_cache
 from tests.fixtures.enrichment import enrich, metadata
 from tests.fixtures.llm import LlamaServer

@@ -9,13 +9,12 @@ from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, Se
 from gemantria_dag.enrichment.prompt import PROMPT_VERSION
 from gemantria_dag.routing.decision import RoutingDecision
 from gemantria_dag.routing.live import decide_now
+from gemantria_dag.routing.tags import BACKEND_TAG, MODEL_TAG
 from gemantria_dag.sensors.pending_work import gematria_ready, pending_partitions
 from gemantria_dag.settings import get_settings
 from resources.llm.lm_studio import LMStudioResource
 from resources.llm.remote import RemoteLLMResource
 
-BACKEND_TAG = "gemantria/llm_backend"
-MODEL_TAG = "gemantria/llm_model"
 ENRICHMENT_JOB = "enrichment_job"
 
 

@@ -391,7 +391,10 @@ def lm_studio_health(
         kind = "lm_studio_legacy"  # an LM Studio older than both native listings
     present, loaded, problem = _judge_model(model, listing, lm_studio=kind != "openai_compatible")
     details.available_models = listing.models
-    details.loaded_models = None if listing.loaded is None else [m for m in listing.models if m in listing.loaded]
+    if listing.loaded is not None:
+        # Model keys in listing order, then any further instance ids (`key:2`).
+        details.loaded_models = ([m for m in listing.models if m in listing.loaded]
+                                 + sorted(listing.loaded.difference(listing.models)))
     details.model_present, details.model_loaded = present, loaded
     details.probe, details.server_kind, details.error = probe.label, kind, problem
     who = _KIND_NAMES[kind]
