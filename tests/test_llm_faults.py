@@ -48,22 +48,6 @@ SCHEMA = {"type": "object", "properties": {"gloss": {"type": "string"}}, "requir
 Caller = Callable[..., CompletionResult]
 
 
-@pytest.fixture(params=["sync", "async"])
-def call(request: pytest.FixtureRequest) -> Caller:
-    """complete() or acomplete() (on a fresh event loop, closed cleanly), same arguments."""
-    def run(resource: LLMBackend, *args: Any, **kwargs: Any) -> CompletionResult:
-        if request.param == "sync":
-            return resource.complete(*args, **kwargs)
-
-        async def go() -> CompletionResult:
-            try:
-                return await resource.acomplete(*args, **kwargs)
-            finally:
-                await resource.aclose()
-
-        return asyncio.run(go())
-
-    return run
 
 
 _OPEN: list[LLMBackend] = []

@@ -9,7 +9,6 @@ the just-in-time load budget, cut streams, LM Studio's `stats`, the remote's tok
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import subprocess
@@ -48,22 +47,6 @@ Caller = Callable[..., CompletionResult]
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(params=["sync", "async"])
-def call(request: pytest.FixtureRequest) -> Caller:
-    """complete() or acomplete() (on a fresh event loop, closed cleanly), same arguments."""
-    def run(resource: LLMBackend, *args: Any, **kwargs: Any) -> CompletionResult:
-        if request.param == "sync":
-            return resource.complete(*args, **kwargs)
-
-        async def go() -> CompletionResult:
-            try:
-                return await resource.acomplete(*args, **kwargs)
-            finally:
-                await resource.aclose()
-
-        return asyncio.run(go())
-
-    return run
 
 
 @pytest.fixture
