@@ -7,9 +7,11 @@ STATE := $(CURDIR)/.gemantria
 WHEELS ?= $(HOME)/.cache/gemantria/wheels
 export DAGSTER_HOME ?= $(STATE)/dagster_home
 
-.PHONY: setup materialize enrich dev test bench clean-state
+CHROMIUM ?= /usr/bin/chromium
 
-setup:
+.PHONY: setup setup-browser materialize enrich dev test smoke-lmstudio bench clean-state
+
+setup: setup-browser
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	scripts/build_llama_wheel.sh $(BIN)/pip $(WHEELS)
@@ -28,6 +30,19 @@ dev:
 
 test:
 	$(BIN)/pytest
+
+# Debian's Chromium for the UI test (tests/test_ui_browser.py, driven by the playwright package of the
+# dev extra; never `playwright install`). Installed when missing and apt-get can run (root, as in CI);
+# otherwise a notice: the UI test then skips, saying why.
+setup-browser:
+	@if test -x $(CHROMIUM); then echo "chromium: $(CHROMIUM)"; \
+	elif test "$$(id -u)" = 0 && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null && echo "chromium: installed $(CHROMIUM)"; \
+	else echo "chromium: not installed, the UI test will be skipped (as root: apt-get install -y chromium)"; fi
+
+# Opt-in: checks against a real LM Studio on this machine (see docs/runbooks/LM_STUDIO_SETUP.md).
+smoke-lmstudio:
+	GEMANTRIA_SMOKE_LM_STUDIO=1 $(BIN)/pytest -m lmstudio_smoke -p no:cacheprovider tests/test_lmstudio_smoke.py
 
 clean-state:
 	-$(BIN)/pmagent db stop

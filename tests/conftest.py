@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.remote_server",
     "tests.fixtures.lmstudio",
     "tests.fixtures.enrichment",
+    "tests.fixtures.browser",
 ]
