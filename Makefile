@@ -44,6 +44,12 @@ setup-browser:
 smoke-lmstudio:
 	GEMANTRIA_SMOKE_LM_STUDIO=1 $(BIN)/pytest -m lmstudio_smoke -p no:cacheprovider tests/test_lmstudio_smoke.py
 
+# Throughput and overhead figures (issues 6 and 10); LiteLLM's Router comes from the `bench` extra.
+bench:
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/throughput.py --server fixed --latency-ms 200 --concurrency 16
+	$(BIN)/python benchmarks/throughput.py --server fixed --latency-ms 200 --concurrency 64
+
 clean-state:
 	-$(BIN)/pmagent db stop
 	rm -rf $(STATE)

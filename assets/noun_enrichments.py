@@ -18,7 +18,6 @@ from dagster import (
 )
 from pydantic import Field
 
-from gemantria_dag.control_plane.records import EnrichmentBatch
 from gemantria_dag.enrichment.partitions import LETTER_NAMES, letter_partitions
 from gemantria_dag.enrichment.plan import build_router, nouns_for_partitions, tool_by_route
 from gemantria_dag.enrichment.prompt import PROMPT_VERSION, params_hash, response_format
@@ -107,14 +106,16 @@ def noun_enrichments(
     )
     runner = EnrichmentRunner(router, info, context.log.info, config.progress_interval_seconds)
 
-    async def go() -> EnrichmentBatch:
+    async def go() -> None:
+        # Returns nothing: asyncio.run would build a repr of a large result on some signal set-ups.
         try:
-            return await runner.run(todo)
+            await runner.run(todo)
         finally:
             await asyncio.gather(lm_studio.aclose(), remote_llm.aclose())
 
     try:
-        batch = asyncio.run(go())
+        asyncio.run(go())
+        batch = runner.batch
     except AllBackendsDown as exc:
         where = persist_batch(runner.batch, settings, context.instance, run_id=context.run_id)
         raise Failure(

@@ -156,20 +156,25 @@ def request_bodies(nouns: list[dict[str, Any]], model: str, form: str, max_token
              "response_format": rf} for n in nouns]
 
 
-def pick_structured_form(base_url: str, body: dict[str, Any]) -> str:
-    """json_schema (OpenAI, LM Studio, the fixed server) unless the server refuses that form
-    (llama-cpp-python answers it with a 500 naming it): then json_object, as the backends do."""
+def pick_structured_form(base_url: str, nouns: list[dict[str, Any]], model: str, max_tokens: int,
+                         temperature: float) -> tuple[str, float]:
+    """(form, seconds one call took): json_schema (OpenAI, LM Studio, the fixed server) unless the
+    server refuses that form (llama-cpp-python answers it with a 500 naming it), then json_object,
+    as the backends do."""
     import httpx
 
     headers = {"Authorization": f"Bearer {BENCH_API_KEY}"}
-    with httpx.Client(timeout=120.0, headers=headers) as client:
-        resp = client.post(f"{base_url}/chat/completions", json=body)
-        if resp.status_code < 400:
-            return "json_schema"
-        text = resp.text.lower()
-        if "response_format" in text or "json_schema" in text or "json_object" in text:
-            return "json_object"
-        raise SystemExit(f"the server refused a chat completion: HTTP {resp.status_code}: {resp.text[:300]}")
+    with httpx.Client(timeout=300.0, headers=headers) as client:
+        for form in ("json_schema", "json_object"):
+            body = request_bodies(nouns[:1], model, form, max_tokens, temperature)[0]
+            started = time.perf_counter()
+            resp = client.post(f"{base_url}/chat/completions", json=body)
+            if resp.status_code < 400:
+                return form, time.perf_counter() - started
+            text = resp.text.lower()
+            if not ("response_format" in text or "json_schema" in text or "json_object" in text):
+                break
+    raise SystemExit(f"the server refused a chat completion: HTTP {resp.status_code}: {resp.text[:300]}")
 
 
 # --------------------------------------------------------------------------- phases (subprocesses)
@@ -301,6 +306,8 @@ def phase_sequential(spec: dict[str, Any]) -> dict[str, Any]:
 def phase_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     """`noun_enrichments` through Dagster (in-process executor), timed from its first request
     to the end of the IO manager's write, then once more (must make 0 calls)."""
+    import gc
+
     import psycopg
     from dagster import instance_for_test, materialize
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
@@ -313,21 +320,52 @@ def phase_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     from gemantria_dag.settings import get_settings, reset_settings_cache
     from resources.io_managers.control_plane import ControlPlaneIOManager
 
-    # Timestamps only: the first request (the runner starts) and the last record persisted
-    # (the IO manager's write returns), with the process CPU time at each.
+    # Instrumentation only (nothing the pipeline does changes): timestamps and process CPU time at the
+    # first request (the runner starts), the end of the calls, the IO manager's start and the last
+    # record persisted (its write returns); peak RSS at each; garbage-collector pauses during the calls.
     marks: dict[str, tuple[float, float]] = {}
+    rss_at: dict[str, float] = {}
+    gc_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    gc_objects: list[int] = []
+    gc_started = [0.0]
     original_run, original_handle = EnrichmentRunner.run, ControlPlaneIOManager.handle_output
 
     async def timed_run(self, nouns):  # type: ignore[no-untyped-def]
-        marks.setdefault("first_request", (time.perf_counter(), time.process_time()))
-        return await original_run(self, nouns)
+        if "first_request" not in marks:
+            gc_objects.append(len(gc.get_objects()))  # what a full collection walks
+            marks["first_request"] = (time.perf_counter(), time.process_time())
+        try:
+            return await original_run(self, nouns)
+        finally:
+            marks["runner_done"] = (time.perf_counter(), time.process_time())
+            rss_at["calls_done"] = peak_rss_mb()
 
     def timed_handle(self, context, obj):  # type: ignore[no-untyped-def]
+        marks["handle_start"] = (time.perf_counter(), time.process_time())
+        rss_at["io_manager_start"] = peak_rss_mb()
         original_handle(self, context, obj)
+        rss_at["persisted"] = peak_rss_mb()
         marks["persisted"] = (time.perf_counter(), time.process_time())
 
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if "first_request" not in marks or "runner_done" in marks:
+            return
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            gc_pauses[info["generation"]].append(time.perf_counter() - gc_started[0])
+
+    gc.callbacks.append(on_gc)
     EnrichmentRunner.run = timed_run  # type: ignore[method-assign]
     ControlPlaneIOManager.handle_output = timed_handle  # type: ignore[method-assign]
+
+    if spec.get("no_gc_freeze"):
+        # The "before" of the runner's GC change, for comparisons: no frozen heap during the calls.
+        import contextlib
+
+        import gemantria_dag.enrichment.runner as runner_module
+
+        runner_module._short_gc_pauses = contextlib.nullcontext  # type: ignore[attr-defined]
 
     reset_settings_cache()
     settings = get_settings()
@@ -365,6 +403,18 @@ def phase_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
             "calls_failed": int(meta["calls_failed"]),
             "wall_s": wall, "calls_per_s": calls / wall if wall > 0 else None,
             "cpu_ms_per_call": 1000.0 * (persisted[1] - first[1]) / calls if calls else None,
+            # Where the wall goes: the calls (runner), the asset's tail and Dagster until the IO manager,
+            # the IO manager (control-plane write); wall seconds and CPU seconds of each.
+            "breakdown_s": {
+                "calls": marks["runner_done"][0] - first[0],
+                "asset_tail": marks["handle_start"][0] - marks["runner_done"][0],
+                "io_manager": persisted[0] - marks["handle_start"][0],
+            },
+            "breakdown_cpu_s": {
+                "calls": marks["runner_done"][1] - first[1],
+                "asset_tail": marks["handle_start"][1] - marks["runner_done"][1],
+                "io_manager": persisted[1] - marks["handle_start"][1],
+            },
             "run_startup_s": first[0] - t_start,
             "run_startup_cpu_s": first[1] - cpu0,
             "run_after_persist_s": t_end - persisted[0],
@@ -376,7 +426,12 @@ def phase_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
             "records_spooled": int(meta["control_plane_records_spooled"]),
             "latency_p50_ms": meta.get("latency_p50_ms"), "latency_p95_ms": meta.get("latency_p95_ms"),
             "peak_rss_mb": peak_rss_mb(), "peak_rss_before_run_mb": rss_before,
+            "peak_rss_at_mb": {"before_run": rss_before, **rss_at, "run_end": peak_rss_mb()},
         })
+        out["gc_during_calls"] = {f"gen{g}": {"count": len(p), "total_ms": round(1000 * sum(p), 1),
+                                              "max_ms": round(1000 * max(p, default=0.0), 1)}
+                                  for g, p in gc_pauses.items()}
+        out["gc_during_calls"]["objects_at_start"] = gc_objects[0] if gc_objects else None
         out["insert_rows_per_s"] = (out["records_written"] / out["control_plane_seconds"]
                                     if out["control_plane_seconds"] > 0 else None)
         out["logging_share_of_wall"] = out["control_plane_seconds"] / wall if wall > 0 else None
@@ -497,9 +552,15 @@ class Bench:
         spec_file = self.work / f"spec-{name}-{time.monotonic_ns()}.json"
         spec_file.write_text(json.dumps(spec))
         cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", name, "--spec", str(spec_file)]
+        if name == "pipeline" and self.args.profile_pipeline and not spec.get("limit_for_rss"):
+            # py-spy's collapsed stacks of the pipeline process (on-CPU samples only).
+            spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            cmd = [spy, "record", "--format", "raw", "--threads", "-r", "250", "-o", self.args.profile_pipeline,
+                   "--", *cmd]
         self._child_cpu_s()  # start counting children's CPU from here
         busy0, total0 = cpu_jiffies()
-        server_cpu0 = tree_cpu_s([self.server_pid]) if self.server_pid else 0.0
+        ours = [p for p in (self.server_pid, self.postmaster_pid()) if p]
+        server_cpu0 = tree_cpu_s(ours)
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env or self.base_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
                                 start_new_session=True)
@@ -511,19 +572,25 @@ class Bench:
         if proc.returncode != 0 or "@@RESULT@@" not in out:
             tail = (err or "")[-4000:]
             raise SystemExit(f"phase {name} failed (exit {proc.returncode}):\n{tail}")
-        result = json.loads(out.rsplit("@@RESULT@@", 1)[1].strip())
+        result = json.loads(out.rsplit("@@RESULT@@", 1)[1].strip().splitlines()[0])
         busy1, total1 = cpu_jiffies()
         tick = os.sysconf("SC_CLK_TCK")
         # The machine's CPU use during the phase, beside ours: other work on a 2-core machine skews figures.
         machine_busy_s = (busy1 - busy0) / tick
         phase_cpu = self._child_cpu_s()
-        server_cpu = (tree_cpu_s([self.server_pid]) - server_cpu0) if self.server_pid else 0.0
+        server_cpu = tree_cpu_s(ours) - server_cpu0  # the LLM server and PostgreSQL (with its reaped backends)
         wall_s = (total1 - total0) / tick / (os.cpu_count() or 1)
         result["other_load_cores"] = max(0.0, (machine_busy_s - phase_cpu - server_cpu) / wall_s) if wall_s else None
-        result["server_cpu_cores"] = server_cpu / wall_s if wall_s and self.server_pid else None
+        result["server_cpu_cores"] = server_cpu / wall_s if wall_s else None
         return result
 
     _last_children_cpu = 0.0
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            return int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def _child_cpu_s(self) -> float:
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -567,6 +634,7 @@ class Bench:
         nouns = load_nouns()
         total_nouns = len(nouns)
         ideal = c / (a.latency_ms / 1000.0) if fixed else None
+        form, probe_s = pick_structured_form(base_url, nouns, model, a.max_tokens, a.temperature)
         if a.calls:
             calls = min(a.calls, total_nouns)
         elif fixed and ideal and total_nouns / ideal <= 60:
@@ -574,9 +642,8 @@ class Bench:
         elif fixed and ideal:
             calls = max(50, int(ideal * 20))
         else:
-            calls = 60
-        form = pick_structured_form(base_url, request_bodies(nouns[:1], model, "json_schema", a.max_tokens,
-                                                             a.temperature)[0])
+            # A real server: about 40 s a phase if it answers one request at a time (llama.cpp, LM Studio).
+            calls = max(16, min(200, round(40.0 / max(probe_s, 0.01))))
         bodies = request_bodies(nouns[:calls], model, form, a.max_tokens, a.temperature)
         bodies_file = self.work / "bodies.json"
         bodies_file.write_text(json.dumps(bodies))
@@ -586,33 +653,37 @@ class Bench:
 
         res: dict[str, Any] = {}
         for client in ("aiohttp", "httpx", "httpx_aiohttp"):
+            if a.only_pipeline and client != "httpx_aiohttp":
+                res[client] = {"skipped": "--only-pipeline"}
+                continue
             self.log(f"[bench] direct {client} ...")
             res[client] = self.phase("direct", {**common, "client": client})
-        if a.no_litellm:
+        if a.no_litellm or a.only_pipeline:
             res["litellm"] = {"skipped": "--no-litellm"}
         else:
             self.log("[bench] LiteLLM Router ...")
             res["litellm"] = self.phase("litellm", common)
         self.log("[bench] pipeline (noun_enrichments through Dagster) ...")
         pipe_spec = {"concurrency": c, "max_tokens": a.max_tokens, "temperature": a.temperature,
+                     "no_gc_freeze": a.no_gc_freeze,
                      "limit": calls if calls < total_nouns else None, "rematerialize": True,
                      "stats_url": stats_url, "instance_dir": str(Path(tempfile.mkdtemp(prefix="dg-", dir=self.work)))}
         res["pipeline"] = self.phase("pipeline", pipe_spec, self.pipeline_env(base_url, model, c))
 
         rss_small = rss_all = None
         rss_reason = None
-        if a.rss_check == "off":
+        if a.rss_check == "off" or (a.only_pipeline and a.rss_check == "auto"):
             rss_reason = "--rss-check off"
         elif calls >= total_nouns or a.rss_check == "on":
             if calls >= total_nouns:
                 rss_all = res["pipeline"]["peak_rss_mb"]
             else:
                 self.log("[bench] pipeline, all nouns (peak RSS) ...")
-                spec = {**pipe_spec, "limit": None, "rematerialize": False,
+                spec = {**pipe_spec, "limit": None, "rematerialize": False, "limit_for_rss": True,
                         "instance_dir": str(Path(tempfile.mkdtemp(prefix="dg-", dir=self.work)))}
                 rss_all = self.phase("pipeline", spec, self.pipeline_env(base_url, model, c))["peak_rss_mb"]
             self.log(f"[bench] pipeline, {RSS_SMALL_NOUNS} nouns (peak RSS) ...")
-            spec = {**pipe_spec, "limit": RSS_SMALL_NOUNS, "rematerialize": False,
+            spec = {**pipe_spec, "limit": RSS_SMALL_NOUNS, "rematerialize": False, "limit_for_rss": True,
                     "instance_dir": str(Path(tempfile.mkdtemp(prefix="dg-", dir=self.work)))}
             res["pipeline_500"] = self.phase("pipeline", spec, self.pipeline_env(base_url, model, c))
             rss_small = res["pipeline_500"]["peak_rss_mb"]
@@ -621,8 +692,11 @@ class Bench:
                           "pass --rss-check on to enrich all of them too")
 
         seq_calls = min(calls, a.sequential_calls)
-        self.log(f"[bench] sequential loop ({seq_calls} calls) ...")
-        res["sequential"] = self.phase("sequential", {**common, "calls": seq_calls, "concurrency": 1})
+        if a.only_pipeline:
+            res["sequential"] = {"skipped": "--only-pipeline"}
+        else:
+            self.log(f"[bench] sequential loop ({seq_calls} calls) ...")
+            res["sequential"] = self.phase("sequential", {**common, "calls": seq_calls, "concurrency": 1})
 
         return self.figures(res, c=c, fixed=fixed, ideal=ideal, calls=calls, form=form, model=model,
                             base_url=base_url, total_nouns=total_nouns, rss_small=rss_small, rss_all=rss_all,
@@ -634,19 +708,24 @@ class Bench:
         a = self.args
         rate = {k: res[k].get("calls_per_s") for k in ("aiohttp", "httpx", "httpx_aiohttp", "litellm", "pipeline",
                                                         "sequential")}
-        direct_best = max(v for k, v in rate.items() if k in ("aiohttp", "httpx", "httpx_aiohttp") and v)
+        direct_best = max((v for k, v in rate.items() if k in ("aiohttp", "httpx", "httpx_aiohttp") and v),
+                          default=None)
         ideal_basis = "C / latency" if fixed else "best direct client (the server's measured capacity)"
         if ideal is None:
             ideal = direct_best
         pipe = res["pipeline"]
         b = rate["pipeline"]
-        void = fixed and (rate["aiohttp"] or 0) < VOID_THRESHOLD * ideal
+        void = bool(fixed and ideal and (rate["aiohttp"] or 0) < VOID_THRESHOLD * ideal)
 
         def ratio(x: float | None, y: float | None) -> float | None:
             return round(x / y, 3) if x and y else None
 
         def r(x: float | None, n: int = 1) -> float | None:
-            return None if x is None else round(x, n)
+            if x is None:
+                return None
+            if n == 1 and abs(x) < 10:  # slow servers: keep three significant digits
+                return float(f"{x:.3g}")
+            return round(x, n)
 
         out: dict[str, Any] = {
             "concurrency": c,
@@ -669,17 +748,28 @@ class Bench:
             "ideal_basis": ideal_basis,
             "direct_httpx_aiohttp_calls_per_s": r(rate["httpx_aiohttp"]),
             "sequential_calls_per_s": r(rate["sequential"], 2),
+            # With repairs (a real model's invalid JSON), the pipeline makes more calls than nouns.
+            "pipeline_nouns_per_s": r(pipe["nouns"] / pipe["wall_s"]) if pipe.get("wall_s") else None,
             "pipeline_over_ideal": ratio(b, ideal),
             "pipeline_over_direct_httpx": ratio(b, rate["httpx"]),
             "pipeline_over_direct_httpx_aiohttp": ratio(b, rate["httpx_aiohttp"]),
             "pipeline_over_direct_best": ratio(b, direct_best),
             "pipeline_over_sequential": ratio(b, rate["sequential"]),
             "pipeline_over_litellm": ratio(b, rate["litellm"]),
-            # Each call's share of the wall, pipeline minus the best direct client: C x (1/b - 1/a).
-            "pipeline_overhead_ms_per_call": r(1000.0 * c * (1.0 / b - 1.0 / direct_best), 2) if b else None,
+            # What the pipeline adds to each call over the same HTTP stack used directly (httpx over
+            # httpx-aiohttp): in latency, C x (1/b - 1/a) (each of the C slots turns over that much
+            # slower), and in client CPU.
+            "pipeline_overhead_ms_per_call": (r(1000.0 * c * (1.0 / b - 1.0 / rate["httpx_aiohttp"]), 2)
+                                              if b and rate["httpx_aiohttp"] else None),
+            "pipeline_extra_cpu_ms_per_call": (r(pipe["cpu_ms_per_call"] - res["httpx_aiohttp"]["cpu_ms_per_call"], 3)
+                                               if pipe.get("cpu_ms_per_call") and res["httpx_aiohttp"].get("cpu_ms_per_call")
+                                               else None),
             "cpu_ms_per_call": {k: r(res[k].get("cpu_ms_per_call"), 3) for k in
                                 ("aiohttp", "httpx", "httpx_aiohttp", "litellm", "pipeline", "sequential")},
             "pipeline_wall_s": r(pipe["wall_s"], 2),
+            "pipeline_gc_during_calls": pipe.get("gc_during_calls"),
+            "pipeline_breakdown_s": {k: r(x, 3) for k, x in pipe["breakdown_s"].items()},
+            "pipeline_breakdown_cpu_s": {k: r(x, 3) for k, x in pipe["breakdown_cpu_s"].items()},
             "pipeline_run_total_s": r(pipe["run_total_s"], 2),
             "pipeline_run_total_cpu_ms_per_call": r(pipe["run_total_cpu_ms_per_call"], 3),
             "run_startup_cpu_s": r(pipe["run_startup_cpu_s"], 2),
@@ -700,13 +790,16 @@ class Bench:
             "peak_rss_all_nouns_mb": r(rss_all), f"peak_rss_{RSS_SMALL_NOUNS}_nouns_mb": r(rss_small),
             "peak_rss_all_over_500": ratio(rss_all, rss_small),
             "rss_note": rss_reason,
+            "peak_rss_by_stage_mb": {k: r(x) for k, x in pipe["peak_rss_at_mb"].items()},
+            f"peak_rss_by_stage_{RSS_SMALL_NOUNS}_nouns_mb": ({k: r(x) for k, x in res["pipeline_500"]["peak_rss_at_mb"].items()}
+                                                    if "pipeline_500" in res else None),
             "total_nouns": total_nouns,
-            "sequential_calls": res["sequential"]["calls"],
+            "sequential_calls": res["sequential"].get("calls"),
             "litellm_note": res["litellm"].get("skipped"),
             "failed_calls": {k: res[k].get("failed") for k in ("aiohttp", "httpx", "httpx_aiohttp", "litellm",
                                                               "sequential")},
             "other_load_cores": {k: r(res[k].get("other_load_cores"), 2) for k in res},
-            "server_cpu_cores": {k: r(res[k].get("server_cpu_cores"), 2) for k in res} if fixed else None,
+            "server_and_pg_cpu_cores": {k: r(res[k].get("server_cpu_cores"), 2) for k in res},
             "cpus": os.cpu_count(),
         }
         return out
@@ -714,6 +807,8 @@ class Bench:
 
 def table(f: dict[str, Any]) -> str:
     def v(x: Any, fmt: str = "{:.1f}") -> str:
+        if isinstance(x, float) and fmt == "{:.1f}" and abs(x) < 10:
+            fmt = "{:.3g}"
         return "n/a" if x is None else (fmt.format(x) if isinstance(x, (int, float)) and not isinstance(x, bool)
                                         else str(x))
 
@@ -749,19 +844,21 @@ def table(f: dict[str, Any]) -> str:
         f"   / best direct: {v(f['pipeline_over_direct_best'], '{:.3f}')}",
         f"(b)/(c) pipeline / sequential loop:       {v(f['pipeline_over_sequential'], '{:.1f}')}x",
         f"pipeline / LiteLLM Router:                {v(f['pipeline_over_litellm'], '{:.2f}')}x",
-        f"pipeline overhead per call:               {v(f['pipeline_overhead_ms_per_call'], '{:.2f}')} ms "
-        "(C x (1/pipeline - 1/best direct))",
+        f"pipeline overhead per call:               {v(f['pipeline_overhead_ms_per_call'], '{:.2f}')} ms of latency "
+        f"(C x (1/pipeline - 1/direct httpx-aiohttp)), {v(f['pipeline_extra_cpu_ms_per_call'], '{:.3f}')} ms of client CPU",
         f"pipeline client CPU per call:             {v(f['pipeline_cpu_ms_per_call'], '{:.3f}')} ms "
         f"(first request to last record persisted; whole run incl. start-up: "
         f"{v(f['pipeline_run_total_cpu_ms_per_call'], '{:.3f}')} ms)",
         f"control-plane insert:                     {v(f['control_plane_insert_rows_per_s'], '{:.0f}')} rows/s, "
         f"{v(f['control_plane_seconds'], '{:.3f}')} s = {v(f['logging_share_of_wall'], '{:.2%}')} of the "
         f"pipeline's {v(f['pipeline_wall_s'], '{:.2f}')} s",
+        f"pipeline wall by part (s):               {f['pipeline_breakdown_s']} (CPU s: {f['pipeline_breakdown_cpu_s']})",
         f"run start-up (materialize() to first request): {v(f['run_startup_s'], '{:.2f}')} s "
         f"({v(f['run_startup_cpu_s'], '{:.2f}')} s CPU); whole run {v(f['pipeline_run_total_s'], '{:.2f}')} s",
         f"recorded once: {f['recorded_once']} ({f['agent_run_rows']} control.agent_run rows, "
         f"{f['records_written']} written, {v(f['server_calls'], '{}')} calls seen by the server, "
         f"{f['calls']} calls made)",
+        f"pipeline nouns/s: {v(f['pipeline_nouns_per_s'])} ({f['nouns']} nouns, {f['calls']} calls)",
         f"outcomes: {f['nouns_enriched']} enriched, {f['violations']} violations, {f['nouns_failed']} failed, "
         f"{f['repairs']} repairs, {f['calls_failed']} failed calls",
         f"re-materialization: {v(f['rematerialize_calls'], '{}')} calls "
@@ -770,7 +867,7 @@ def table(f: dict[str, Any]) -> str:
         f"peak RSS: {v(f['pipeline_peak_rss_mb'])} MB this run; all {f['total_nouns']} nouns "
         f"{v(f['peak_rss_all_nouns_mb'])} MB vs {RSS_SMALL_NOUNS} nouns {v(f[f'peak_rss_{RSS_SMALL_NOUNS}_nouns_mb'])} MB "
         f"(ratio {v(f['peak_rss_all_over_500'], '{:.3f}')})" + (f" [{f['rss_note']}]" if f["rss_note"] else ""),
-        f"other load on the machine (cores, per phase): {f['other_load_cores']}",
+        f"other load on the machine (cores, per phase; a URL server counts here): {f['other_load_cores']}",
     ]
     if f["litellm_note"]:
         lines.append(f"LiteLLM: {f['litellm_note']}")
@@ -790,7 +887,7 @@ def main() -> None:
     p.add_argument("--concurrency", "-c", type=int, default=16)
     p.add_argument("--calls", type=int, default=None,
                    help="calls per phase (default: every noun when that takes <= 60 s at the ideal rate, "
-                        "else 20 s of calls; 60 for a URL server)")
+                        "else 20 s of calls; for a URL server, about 40 s of calls one at a time)")
     p.add_argument("--sequential-calls", type=int, default=40)
     p.add_argument("--model", default=None, help="model to ask for (default: the server's first)")
     p.add_argument("--max-tokens", type=int, default=256)
@@ -798,9 +895,15 @@ def main() -> None:
     p.add_argument("--rss-check", choices=("auto", "on", "off"), default="auto",
                    help="peak RSS of all nouns vs 500 (auto: when this run enriches every noun anyway)")
     p.add_argument("--no-litellm", action="store_true")
+    p.add_argument("--no-gc-freeze", action="store_true",
+                   help="run the pipeline without the runner's frozen heap (to compare with before that change)")
+    p.add_argument("--only-pipeline", action="store_true",
+                   help="quick look: the pipeline and direct httpx-aiohttp only (not the full figures)")
     p.add_argument("--phase-timeout", type=float, default=1800.0)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--keep", action="store_true", help="keep the /tmp work folder (logs)")
+    p.add_argument("--profile-pipeline", metavar="FILE", default=None,
+                   help="record the main pipeline phase with py-spy (collapsed stacks) into FILE")
     p.add_argument("--phase", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     args = p.parse_args()
