@@ -84,6 +84,7 @@ def _launched_run_id(page: Any, stack: UIStack) -> str:
 
 def _set_sensor(page: Any, stack: UIStack, running: bool) -> None:
     """Flip the sensor's switch on its page (the input is hidden behind its label)."""
+    from playwright.sync_api import expect  # imported where used: the fixture reports a missing playwright
     page.goto(stack.url + SENSOR_PAGE)
     page.get_by_text("Latest tick").wait_for()
     switch = page.get_by_role("checkbox")
@@ -91,7 +92,8 @@ def _set_sensor(page: Any, stack: UIStack, running: bool) -> None:
         page.locator("label").filter(has=switch).click()
     want = "RUNNING" if running else "STOPPED"
     _wait(lambda: _sensor_state(stack)["status"] == want, 20, f"sensor {want}", stack)
-    assert switch.is_checked() == running
+    # The switch re-renders only after the UI refetches the sensor's state: wait for it, don't sample it.
+    expect(switch).to_be_checked(checked=running, timeout=20_000)
 
 
 def _open_run_and_read_tags(page: Any, stack: UIStack, run_id: str, name: str) -> str:
