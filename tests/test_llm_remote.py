@@ -205,6 +205,31 @@ def test_async_retries(remote_factory: Any, fault_server: FaultServer) -> None:
 
     result = asyncio.run(run())
     assert result.ok and result.metadata.attempts == 3
+    # The async hot path talks to aiohttp directly: it still sends the key and a JSON body.
+    chats = fault_server.requests_to(CHAT)
+    assert all(r.headers["authorization"] == f"Bearer {KEY}" for r in chats)
+    assert json.loads(chats[-1].body)["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_async_calls_go_through_the_environments_proxy(monkeypatch: pytest.MonkeyPatch, remote_factory: Any,
+                                                       fault_server: FaultServer) -> None:
+    """HTTP_PROXY is looked up once per client, not per request, and still used (the fault server is the proxy)."""
+    target = "http://llm.example.invalid/v1"
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{fault_server.port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    fault_server.script(f"POST {target}/chat/completions", json_reply(chat_completion("via proxy")))
+    remote = remote_factory(target)
+
+    async def run() -> Any:
+        try:
+            return [await remote.acomplete(f"q{i}") for i in range(3)]
+        finally:
+            await remote.aclose()
+
+    results = asyncio.run(run())
+    assert [r.response for r in results] == ["via proxy"] * 3
+    assert len(fault_server.requests) == 3  # absolute-form targets: the proxy saw every call
 
 
 def test_unconfigured_remote_does_not_raise(api_key: str) -> None:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import httpx
 from dagster import ConfigurableResource, InitResourceContext
@@ -63,6 +64,24 @@ try:
     _TRANSPORT_ERRORS += (_aiohttp.ClientError,)
 except ImportError:  # pragma: no cover - the plain httpx transport still works, only slower
     _AiohttpTransport = None  # type: ignore[assignment,misc]
+
+
+@dataclass(slots=True)
+class _AsyncPool:
+    """One event loop's HTTP clients, sharing one aiohttp connection pool.
+
+    `client` (httpx over the httpx-aiohttp transport) serves probes and streams. Non-streamed
+    completions, the enrichment hot path, go to `session` directly: httpx's request and response
+    models, cookie jar and URL parsing cost about 0.45 ms of CPU per call over aiohttp's own
+    (benchmarks/profile_runner.py), which is most of the client's budget at 64 calls in flight.
+    """
+
+    client: httpx.AsyncClient
+    session: Any | None  # aiohttp.ClientSession when httpx-aiohttp is installed
+    headers: dict[str, str]
+    timeout: Any | None  # aiohttp.ClientTimeout matching the httpx client's
+    proxy: Any | None = None  # the environment's proxy for the chat URL, looked up once
+    proxy_auth: Any | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +240,7 @@ class LLMBackend(ConfigurableResource, abc.ABC):
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _client: httpx.Client | None = PrivateAttr(default=None)
-    _aclients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = PrivateAttr(default_factory=dict)
+    _aclients: dict[asyncio.AbstractEventLoop, _AsyncPool] = PrivateAttr(default_factory=dict)
     _learned_form: StructuredForm | None = PrivateAttr(default=None)
     _substitutions_seen: set[tuple[str | None, str | None]] = PrivateAttr(default_factory=set)
 
@@ -257,7 +276,8 @@ class LLMBackend(ConfigurableResource, abc.ABC):
 
     def _chat_endpoint(self, call: _Call) -> tuple[str, str]:
         """(URL, path) this attempt goes to."""
-        return self._chat_url, httpx.URL(self._chat_url).path
+        url = self._chat_url
+        return url, urlsplit(url).path  # urlsplit caches: no parse per call
 
     def _read_timeout_for(self, call: _Call) -> float | None:
         """A read timeout for this attempt other than `timeout_seconds` (e.g. a model-load budget), or None."""
@@ -323,11 +343,11 @@ class LLMBackend(ConfigurableResource, abc.ABC):
         problem = self._not_configured()
         if problem is not None:
             return call.fail_now(LLMError(code=ErrorCode.BAD_REQUEST, message=problem))
-        client = self._async_client()
-        await self._aprepare(client)
+        pool = self._async_pool()
+        await self._aprepare(pool.client)
         while True:
             call.begin_attempt()
-            outcome = await (self._asend_stream(client, call) if stream else self._asend(client, call))
+            outcome = await (self._asend_stream(pool.client, call) if stream else self._asend(pool, call))
             step = call.after(outcome)
             if isinstance(step, CompletionResult):
                 return step
@@ -356,7 +376,8 @@ class LLMBackend(ConfigurableResource, abc.ABC):
         return self._learned_form or "json_schema"
 
     def _learn_structured_form(self, form: StructuredForm) -> None:
-        if self.structured_output == "auto":
+        # Only on a change: setting an attribute of a Dagster resource is slow, and this runs per call.
+        if self.structured_output == "auto" and self._learned_form != form:
             self._learned_form = form
 
     @property
@@ -373,12 +394,22 @@ class LLMBackend(ConfigurableResource, abc.ABC):
             return Failure(error_from_exception(exc))
         return parse_chat_response(response.status_code, response.content, response.headers.get("retry-after"))
 
-    async def _asend(self, client: httpx.AsyncClient, call: _Call) -> Outcome:
+    async def _asend(self, pool: _AsyncPool, call: _Call) -> Outcome:
+        if pool.session is None:
+            try:
+                response = await pool.client.post(call.url, json=call.payload, timeout=call.send_timeout)
+            except _TRANSPORT_ERRORS as exc:
+                return Failure(error_from_exception(exc))
+            return parse_chat_response(response.status_code, response.content, response.headers.get("retry-after"))
+        timeout = pool.timeout if call.timeout is None else _aiohttp_timeout(call.timeout)
         try:
-            response = await client.post(call.url, json=call.payload, timeout=call.send_timeout)
+            async with pool.session.post(call.url, json=call.payload, headers=pool.headers, timeout=timeout,
+                                         allow_redirects=False, proxy=pool.proxy,
+                                         proxy_auth=pool.proxy_auth) as response:
+                content = await response.read()
+                return parse_chat_response(response.status, content, response.headers.get("retry-after"))
         except _TRANSPORT_ERRORS as exc:
             return Failure(error_from_exception(exc))
-        return parse_chat_response(response.status_code, response.content, response.headers.get("retry-after"))
 
     def _send_stream(self, client: httpx.Client, call: _Call) -> Outcome:
         try:
@@ -436,28 +467,41 @@ class LLMBackend(ConfigurableResource, abc.ABC):
         return client
 
     def _async_client(self) -> httpx.AsyncClient:
+        return self._async_pool().client
+
+    def _async_pool(self) -> _AsyncPool:
         loop = asyncio.get_running_loop()
-        client = self._aclients.get(loop)
-        if client is not None:
-            return client
+        pool = self._aclients.get(loop)
+        if pool is not None:
+            return pool
         with self._lock:
-            client = self._aclients.get(loop)
-            if client is None:
+            pool = self._aclients.get(loop)
+            if pool is None:
                 # An async client belongs to the loop it first ran on; drop those of finished loops.
                 for old_loop in [lp for lp in self._aclients if lp.is_closed()]:
-                    _discard_async_client(old_loop, self._aclients.pop(old_loop))
-                client = self._new_async_client()
-                self._aclients[loop] = client
-        return client
+                    _discard_async_client(old_loop, self._aclients.pop(old_loop).client)
+                pool = self._new_async_pool()
+                self._aclients[loop] = pool
+        return pool
 
-    def _new_async_client(self) -> httpx.AsyncClient:
-        limits = self._limits()
-        transport = None
-        if _AiohttpTransport is not None:
-            # aiohttp underneath costs a fraction of httpx's own transport in CPU per call.
-            transport = _AiohttpTransport(limits=limits, trust_env=self._trust_env)
-        return httpx.AsyncClient(headers=self._headers(), timeout=self._timeout(), limits=limits,
-                                 transport=transport, trust_env=self._trust_env)
+    def _new_async_pool(self) -> _AsyncPool:
+        limits, timeout, headers = self._limits(), self._timeout(), self._headers()
+        if _AiohttpTransport is None:
+            client = httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits, trust_env=self._trust_env)
+            return _AsyncPool(client, None, headers, None)
+        # aiohttp underneath costs a fraction of httpx's own transport in CPU per call; the session is
+        # ours (not the transport's lazy one) so the hot path can use it too, on the same connections.
+        # trust_env stays off in the session: with it on, aiohttp looks up .netrc and the proxy
+        # variables in a worker thread on every request (two thread hops a call); the proxy is
+        # looked up here once instead, and the key travels in the Authorization header.
+        session = _aiohttp.ClientSession(
+            connector=_aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0,
+                                            keepalive_timeout=limits.keepalive_expiry))
+        proxy, proxy_auth = _env_proxy(self._chat_url) if self._trust_env else (None, None)
+        transport = _AiohttpTransport(limits=limits, trust_env=self._trust_env, client=session)
+        client = httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits, transport=transport,
+                                   trust_env=self._trust_env)
+        return _AsyncPool(client, session, headers, _aiohttp_timeout(timeout), proxy, proxy_auth)
 
     def close(self) -> None:
         """Close the pooled clients; the next call opens new ones."""
@@ -466,20 +510,36 @@ class LLMBackend(ConfigurableResource, abc.ABC):
             aclients, self._aclients = self._aclients, {}
         if client is not None:
             client.close()
-        for loop, aclient in aclients.items():
-            _discard_async_client(loop, aclient)
+        for loop, pool in aclients.items():
+            _discard_async_client(loop, pool.client)
 
     async def aclose(self) -> None:
         """Close the clients from inside the event loop that used them (cleanest for async code)."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            aclient = self._aclients.pop(loop, None)
-        if aclient is not None:
-            await aclient.aclose()
+            pool = self._aclients.pop(loop, None)
+        if pool is not None:
+            await pool.client.aclose()
         self.close()
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         self.close()
+
+
+def _env_proxy(url: str) -> tuple[Any | None, Any | None]:
+    """(proxy, auth) the environment (HTTP(S)_PROXY, NO_PROXY) sets for `url`, as aiohttp would find it."""
+    from aiohttp.helpers import get_env_proxy_for_url
+    from yarl import URL
+
+    try:
+        return get_env_proxy_for_url(URL(url))
+    except LookupError:
+        return None, None
+
+
+def _aiohttp_timeout(timeout: httpx.Timeout) -> Any:
+    """httpx's per-operation timeouts in aiohttp's terms (no pool timeout, as in `_timeout`)."""
+    return _aiohttp.ClientTimeout(total=None, sock_connect=timeout.connect, sock_read=timeout.read)
 
 
 def _is_event_stream(response: httpx.Response) -> bool:
