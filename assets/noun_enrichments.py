@@ -48,6 +48,9 @@ class EnrichmentConfig(Config):
     retry_violations: bool = Field(False, description="Call again for nouns whose stored outcome is a violation.")
     max_failure_rate: float = Field(0.5, ge=0.0, le=1.0)
     progress_interval_seconds: float = Field(5.0, gt=0)
+    ramp_up_seconds: float = Field(0.2, ge=0, le=60, description=(
+        "Spread the first calls over this many seconds, so that the calls in flight do not go out and come "
+        "back in lockstep bursts."))
     circuit_cooldown_seconds: float = Field(30.0, ge=0)
 
 
@@ -104,7 +107,8 @@ def noun_enrichments(
         temperature=config.temperature, max_tokens=config.max_tokens, response_format=response_format(),
         tool_by_route=tool_by_route(settings),
     )
-    runner = EnrichmentRunner(router, info, context.log.info, config.progress_interval_seconds)
+    runner = EnrichmentRunner(router, info, context.log.info, config.progress_interval_seconds,
+                              config.ramp_up_seconds)
 
     async def go() -> None:
         # Returns nothing: asyncio.run would build a repr of a large result on some signal set-ups.

@@ -39,6 +39,7 @@ def main() -> None:
     p.add_argument("--profile", choices=("cprofile", "pyinstrument", "none"), default="none")
     p.add_argument("--dsn", default=None, help="also write the batch with ControlPlaneWriter to this DSN")
     p.add_argument("--top", type=int, default=40)
+    p.add_argument("--ramp-up", type=float, default=0.2, help="seconds over which the first calls start (as the asset)")
     p.add_argument("--gc", choices=("on", "off"), default="on")
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     p.add_argument("--layer", choices=("runner", "resource", "httpx"), default="runner",
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace, base_url: str) -> None:
                    routed_backend="remote", prompt_version=PROMPT_VERSION,
                    params_hash=params_hash(temperature=0.2, max_tokens=256), temperature=0.2, max_tokens=256,
                    response_format=response_format(), tool_by_route={"remote": "remote_llm", "lm_studio": "lm_studio"})
-    runner = EnrichmentRunner(router, info, lambda line: None, 5.0)
+    runner = EnrichmentRunner(router, info, lambda line: None, 5.0, args.ramp_up)
 
     async def go():
         try:

@@ -613,8 +613,6 @@ class Bench:
             "GEMATRIA_DSN": self.new_database(),
             "REMOTE_LLM_BASE_URL": base_url, "REMOTE_LLM_MODEL": model, "REMOTE_LLM_API_KEY": BENCH_API_KEY,
             "REMOTE_LLM_PROVIDER": "remote_llm",
-            # The remote resource sizes its connection pool from this (remote_concurrency sizes the slots).
-            "REMOTE_LLM_MAX_CONCURRENCY": str(concurrency),
             "USE_LM_STUDIO": "0", "LM_STUDIO_BASE_URL": "http://127.0.0.1:9/v1",
         })
         return env

@@ -90,3 +90,25 @@ def test_both_down_fails_with_both_reasons_and_no_calls(lexicon_instance: Dagste
     text = str(failure.event_specific_data.error.message) + str(failure.event_specific_data.user_failure_data)
     assert "no LLM backend available" in text
     assert "lm_off" in text and "remote LLM not configured" in text
+
+
+def test_64_calls_in_flight_each_recorded_exactly_once(lexicon_instance: DagsterInstance, lm_down: None,
+                                                       remote_env: FakeRemote, control_plane_dsn: str) -> None:
+    """Issue 10's load, through Dagster: 700 nouns (mem) at 64 in flight on the fixed-latency server,
+    JSON validation and control-plane logging on. The server saw 64 at once; every call it
+    answered is one row of control.agent_run, and every noun has exactly one call and one outcome.
+    The run's concurrency (64) is above the resource's default pool (16): the pool follows the run."""
+    remote_env.reset_peak()
+    calls_before = remote_env.chat_calls()
+    result = enrich(lexicon_instance, "mem", {"remote_concurrency": 64})
+    meta = metadata(result)
+    served = remote_env.chat_calls() - calls_before
+    assert remote_env.stats()["max_in_flight"] == 64
+    assert meta["nouns_in_scope"] == 700 and meta["nouns_enriched"] == 700 and meta["repairs"] == 0
+    assert served == meta["calls_made"] == 700
+    rows = _rows(control_plane_dsn, "SELECT count(*), count(DISTINCT id), count(DISTINCT args_json->>'strong_id') "
+                                    "FROM control.agent_run WHERE args_json->>'run_id' = %s", result.run_id)
+    assert rows == [(700, 700, 700)]
+    outcomes = _rows(control_plane_dsn, "SELECT count(*) FROM gematria.noun_enrichment o JOIN control.agent_run r "
+                                        "ON r.id = o.record_id WHERE r.args_json->>'run_id' = %s", result.run_id)
+    assert outcomes == [(700,)]

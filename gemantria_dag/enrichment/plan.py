@@ -40,6 +40,9 @@ def build_router(decision: RoutingDecision, lm_studio: LMStudioResource, remote:
                      lm_concurrency or settings.lm_studio_max_concurrency, breaker())
     remote_route = Route("remote", remote, settings.remote_llm_model,
                          remote_concurrency or settings.remote_llm_max_concurrency, breaker())
+    # The run's concurrency, not the resource's default pool size, decides the calls in flight.
+    lm_studio.ensure_pool_size(lm_route.concurrency)
+    remote.ensure_pool_size(remote_route.concurrency)
     if decision.backend == "lm_studio":
         # RFC-080's fallback: the remote API, when one is configured.
         return FailoverRouter(lm_route, remote_route if settings.remote_configured else None)

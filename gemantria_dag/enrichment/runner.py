@@ -93,11 +93,12 @@ def _short_gc_pauses() -> Iterator[None]:
 
 class EnrichmentRunner:
     def __init__(self, router: FailoverRouter, info: RunInfo, log: Callable[[str], None],
-                 progress_interval_s: float = 5.0) -> None:
+                 progress_interval_s: float = 5.0, ramp_up_s: float = 0.0) -> None:
         self.router = router
         self.info = info
         self.log = log
         self.progress_interval_s = progress_interval_s
+        self.ramp_up_s = ramp_up_s
         self.batch = EnrichmentBatch()
         self.failed_nouns: list[str] = []
         # Parsed once, shared by every record of the run (a UUID is immutable).
@@ -152,7 +153,12 @@ class EnrichmentRunner:
 
         outage: list[AllBackendsDown] = []
 
-        async def worker() -> None:
+        async def worker(i: int) -> None:
+            if self.ramp_up_s > 0 and i:
+                # Spread the first calls over the ramp: calls started together come back together,
+                # and each burst queues on the server and on this loop (measured at C=64 against
+                # the 200 ms server: about 2% more calls/s with a 0.2 s ramp, net of the ramp).
+                await asyncio.sleep(i * self.ramp_up_s / workers)
             # On an outage, stop taking nouns but let calls in flight finish: their records count.
             while not outage:
                 try:
@@ -170,7 +176,7 @@ class EnrichmentRunner:
         reporter = asyncio.create_task(progress.report_until_done())
         try:
             with _short_gc_pauses():
-                await asyncio.gather(*(worker() for _ in range(workers)))
+                await asyncio.gather(*(worker(i) for i in range(workers)))
         finally:
             reporter.cancel()
             await asyncio.gather(reporter, return_exceptions=True)

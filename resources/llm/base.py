@@ -242,6 +242,7 @@ class LLMBackend(ConfigurableResource, abc.ABC):
     _client: httpx.Client | None = PrivateAttr(default=None)
     _aclients: dict[asyncio.AbstractEventLoop, _AsyncPool] = PrivateAttr(default_factory=dict)
     _learned_form: StructuredForm | None = PrivateAttr(default=None)
+    _pool_size: int | None = PrivateAttr(default=None)
     _substitutions_seen: set[tuple[str | None, str | None]] = PrivateAttr(default_factory=set)
 
     # ------------------------------------------------------------ what subclasses define
@@ -453,8 +454,23 @@ class LLMBackend(ConfigurableResource, abc.ABC):
         seconds = self.timeout_seconds if read is None else read
         return httpx.Timeout(seconds, connect=min(self.connect_timeout_seconds, self.timeout_seconds), pool=None)
 
+    @property
+    def pool_size(self) -> int:
+        """Connections per pool: `max_connections`, or more after `ensure_pool_size`."""
+        return max(self.max_connections, self._pool_size or 0)
+
+    def ensure_pool_size(self, calls_in_flight: int) -> None:
+        """Let `calls_in_flight` calls be in flight at once in the pools opened from now on.
+
+        A run may ask for more concurrency than the resource's `max_connections` (run config
+        against the environment's default); without this the pool would quietly cap it.
+        """
+        if calls_in_flight > self.pool_size:
+            self._pool_size = calls_in_flight
+
     def _limits(self) -> httpx.Limits:
-        return httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
+        size = self.pool_size
+        return httpx.Limits(max_connections=size, max_keepalive_connections=size)
 
     def _sync_client(self) -> httpx.Client:
         client = self._client
@@ -495,7 +511,7 @@ class LLMBackend(ConfigurableResource, abc.ABC):
         # variables in a worker thread on every request (two thread hops a call); the proxy is
         # looked up here once instead, and the key travels in the Authorization header.
         session = _aiohttp.ClientSession(
-            connector=_aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0,
+            connector=_aiohttp.TCPConnector(limit=limits.max_connections or 0, limit_per_host=0,
                                             keepalive_timeout=limits.keepalive_expiry))
         proxy, proxy_auth = _env_proxy(self._chat_url) if self._trust_env else (None, None)
         transport = _AiohttpTransport(limits=limits, trust_env=self._trust_env, client=session)

@@ -29,7 +29,8 @@ def _answer(body: dict) -> str:
 
 
 def make_app(latency_s: float, model: str, api_key: str | None) -> web.Application:
-    counters = {"chat": 0}
+    # chat: answered so far; in_flight / max_in_flight: concurrent chat requests now / at most since a reset.
+    counters = {"chat": 0, "in_flight": 0, "max_in_flight": 0}
 
     def authorized(request: web.Request) -> bool:
         return api_key is None or request.headers.get("Authorization") == f"Bearer {api_key}"
@@ -44,7 +45,12 @@ def make_app(latency_s: float, model: str, api_key: str | None) -> web.Applicati
         if not authorized(request):
             return web.json_response({"error": {"message": "invalid api key"}}, status=401)
         body = await request.json()
-        await asyncio.sleep(latency_s)
+        counters["in_flight"] += 1
+        counters["max_in_flight"] = max(counters["max_in_flight"], counters["in_flight"])
+        try:
+            await asyncio.sleep(latency_s)
+        finally:
+            counters["in_flight"] -= 1
         counters["chat"] += 1
         content = _answer(body)
         return web.json_response({
@@ -57,10 +63,15 @@ def make_app(latency_s: float, model: str, api_key: str | None) -> web.Applicati
     async def stats(_: web.Request) -> web.Response:
         return web.json_response(counters)
 
+    async def reset_peak(_: web.Request) -> web.Response:
+        counters["max_in_flight"] = counters["in_flight"]
+        return web.json_response(counters)
+
     app = web.Application()
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/stats", stats)
+    app.router.add_post("/stats/reset-peak", reset_peak)
     return app
 
 
