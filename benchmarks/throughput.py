@@ -375,6 +375,8 @@ def phase_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
                               "max_tokens": spec["max_tokens"], "temperature": spec["temperature"]}
     if spec.get("limit"):
         config["limit"] = spec["limit"]
+    if spec.get("ramp_up") is not None:
+        config["ramp_up_seconds"] = spec["ramp_up"]
     run_config = {"ops": {"noun_enrichments": {"config": config}}}
     tags = {ASSET_PARTITION_RANGE_START_TAG: ALL_PARTITIONS[0], ASSET_PARTITION_RANGE_END_TAG: ALL_PARTITIONS[1]}
     out: dict[str, Any] = {}
@@ -663,7 +665,7 @@ class Bench:
             res["litellm"] = self.phase("litellm", common)
         self.log("[bench] pipeline (noun_enrichments through Dagster) ...")
         pipe_spec = {"concurrency": c, "max_tokens": a.max_tokens, "temperature": a.temperature,
-                     "no_gc_freeze": a.no_gc_freeze,
+                     "no_gc_freeze": a.no_gc_freeze, "ramp_up": a.ramp_up,
                      "limit": calls if calls < total_nouns else None, "rematerialize": True,
                      "stats_url": stats_url, "instance_dir": str(Path(tempfile.mkdtemp(prefix="dg-", dir=self.work)))}
         res["pipeline"] = self.phase("pipeline", pipe_spec, self.pipeline_env(base_url, model, c))
@@ -895,6 +897,8 @@ def main() -> None:
     p.add_argument("--no-litellm", action="store_true")
     p.add_argument("--no-gc-freeze", action="store_true",
                    help="run the pipeline without the runner's frozen heap (to compare with before that change)")
+    p.add_argument("--ramp-up", type=float, default=None,
+                   help="the asset's ramp_up_seconds (default: the asset's own, 0.2 s)")
     p.add_argument("--only-pipeline", action="store_true",
                    help="quick look: the pipeline and direct httpx-aiohttp only (not the full figures)")
     p.add_argument("--phase-timeout", type=float, default=1800.0)
