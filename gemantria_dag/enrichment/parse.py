@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from gemantria_dag.control_plane.records import NounInsight
 
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
+_DECODER = json.JSONDecoder()  # stateless: one for every reply
 
 
 def parse_insight(reply: str | None) -> tuple[NounInsight | None, str | None]:
@@ -21,7 +22,7 @@ def parse_insight(reply: str | None) -> tuple[NounInsight | None, str | None]:
     if start < 0:
         return None, "no JSON object in the reply"
     try:
-        obj, _ = json.JSONDecoder().raw_decode(text[start:])
+        obj, _ = _DECODER.raw_decode(text[start:])
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON: {exc.msg} at char {exc.pos}"
     if not isinstance(obj, dict):
