@@ -85,6 +85,18 @@ def test_pretty_table(monkeypatch: pytest.MonkeyPatch, fault_server: FaultServer
         json.loads(result.output)
 
 
+def test_use_lm_studio_0_is_said_beside_the_servers_health(monkeypatch: pytest.MonkeyPatch,
+                                                          fault_server: FaultServer) -> None:
+    fault_server.as_lm_studio(v0={"qwen2.5-7b-instruct": "loaded"})
+    env = {"LM_STUDIO_BASE_URL": fault_server.base_url, "LM_STUDIO_MODEL": "qwen2.5-7b-instruct"}
+    ready = json.loads(run_inline(monkeypatch, "health", "lm", **env).output)
+    assert ready["mode"] == "lm_ready" and "USE_LM_STUDIO" not in (ready["details"]["message"] or "")
+    result = run_inline(monkeypatch, "health", "lm", USE_LM_STUDIO="0", **env)
+    out = json.loads(result.output)
+    assert result.exit_code == 0 and out["mode"] == "lm_ready"  # the server is fine ...
+    assert "USE_LM_STUDIO=0: routing sends no calls to LM Studio" in out["details"]["message"]  # ... routing skips it
+
+
 def test_remote_off_when_unconfigured(monkeypatch: pytest.MonkeyPatch) -> None:
     result = run_inline(monkeypatch, "health", "remote")
     assert result.exit_code == 1

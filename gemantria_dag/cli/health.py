@@ -82,7 +82,16 @@ def lm(pretty: bool = PRETTY) -> None:
         result = lm_studio_health(base_url=settings.lm_studio_base_url, model=settings.lm_studio_model,
                                   api_token=_secret(settings.lm_studio_api_token),
                                   health_endpoint=settings.lm_studio_health_endpoint)
+        if not settings.use_lm_studio:
+            result = _routing_disabled(result)
     _emit(result, pretty)
+
+
+def _routing_disabled(result: HealthResult) -> HealthResult:
+    """The server's health stays what it is (useful while setting LM Studio up), but say that routing skips it."""
+    note = "USE_LM_STUDIO=0: routing sends no calls to LM Studio whatever its health (set USE_LM_STUDIO=1 to allow it)."
+    message = f"{result.details.message} {note}" if result.details.message else note
+    return result.model_copy(update={"details": result.details.model_copy(update={"message": message})})
 
 
 @app.command("remote")
