@@ -25,8 +25,8 @@ object whose first keys are issue 10's contract. The figures are void when the d
 client does not reach 0.9 x ideal on the fixed server (the server, or a busy machine, is the
 bottleneck then): the run says so.
 
-The harness's environment handling stays here: the project reads its settings only through
-`gemantria_dag.settings`, so the pipeline subprocess gets its settings as environment variables.
+The project reads its settings only through `gemantria_dag.settings`, so the pipeline subprocess
+gets its settings as environment variables, built on `settings.child_environment()`.
 """
 
 from __future__ import annotations
@@ -601,13 +601,14 @@ class Bench:
         return used
 
     def base_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("REMOTE_LLM_", "LM_STUDIO_", "GEMATRIA_", "GEMANTRIA_", "DAGSTER_HOME"))}
+        from gemantria_dag.settings import child_environment
+
+        env = child_environment(without=("REMOTE_LLM_", "LM_STUDIO_", "GEMATRIA_", "GEMANTRIA_", "DAGSTER_HOME"))
         env["PYTHONPATH"] = str(REPO_ROOT)
         env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # litellm: no network fetch of its price list
         return env
 
-    def pipeline_env(self, base_url: str, model: str, concurrency: int) -> dict[str, str]:
+    def pipeline_env(self, base_url: str, model: str) -> dict[str, str]:
         env = self.base_env()
         state = Path(tempfile.mkdtemp(prefix="state-", dir=self.work))
         env.update({
@@ -668,7 +669,7 @@ class Bench:
                      "no_gc_freeze": a.no_gc_freeze, "ramp_up": a.ramp_up,
                      "limit": calls if calls < total_nouns else None, "rematerialize": True,
                      "stats_url": stats_url, "instance_dir": str(Path(tempfile.mkdtemp(prefix="dg-", dir=self.work)))}
-        res["pipeline"] = self.phase("pipeline", pipe_spec, self.pipeline_env(base_url, model, c))
+        res["pipeline"] = self.phase("pipeline", pipe_spec, self.pipeline_env(base_url, model))
 
         rss_small = rss_all = None
         rss_reason = None
@@ -681,11 +682,11 @@ class Bench:
                 self.log("[bench] pipeline, all nouns (peak RSS) ...")
                 spec = {**pipe_spec, "limit": None, "rematerialize": False, "limit_for_rss": True,
                         "instance_dir": str(Path(tempfile.mkdtemp(prefix="dg-", dir=self.work)))}
-                rss_all = self.phase("pipeline", spec, self.pipeline_env(base_url, model, c))["peak_rss_mb"]
+                rss_all = self.phase("pipeline", spec, self.pipeline_env(base_url, model))["peak_rss_mb"]
             self.log(f"[bench] pipeline, {RSS_SMALL_NOUNS} nouns (peak RSS) ...")
             spec = {**pipe_spec, "limit": RSS_SMALL_NOUNS, "rematerialize": False, "limit_for_rss": True,
                     "instance_dir": str(Path(tempfile.mkdtemp(prefix="dg-", dir=self.work)))}
-            res["pipeline_500"] = self.phase("pipeline", spec, self.pipeline_env(base_url, model, c))
+            res["pipeline_500"] = self.phase("pipeline", spec, self.pipeline_env(base_url, model))
             rss_small = res["pipeline_500"]["peak_rss_mb"]
         else:
             rss_reason = (f"not measured: this run enriches {calls} of {total_nouns} nouns; "

@@ -8,6 +8,7 @@ that names the variable and what is wrong with it, and never echoes a secret.
 from __future__ import annotations
 
 import importlib.util
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -196,3 +197,16 @@ def get_settings() -> Settings:
 
 def reset_settings_cache() -> None:
     get_settings.cache_clear()
+
+
+# Name prefixes of this project's own variables: what a child process must not inherit by accident.
+SETTINGS_PREFIXES = ("LM_STUDIO_", "REMOTE_LLM_", "USE_LM_STUDIO", "GEMATRIA_", "GEMANTRIA_", "BIBLE_DB", "LLM_")
+
+
+def child_environment(*, without: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's environment for a subprocess, minus the variables whose names start with `without`.
+
+    Here because this module is the one reader of the environment (harnesses and tests start
+    servers and Dagster processes with it).
+    """
+    return {k: v for k, v in os.environ.items() if not k.startswith(without)}

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_FOLDERS = ("gemantria_dag", "assets", "resources")
+CODE_FOLDERS = ("gemantria_dag", "assets", "resources", "benchmarks")
 ALLOWED = {ROOT / "gemantria_dag" / "settings.py"}
 
 
