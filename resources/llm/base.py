@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 from dagster import ConfigurableResource, InitResourceContext
+from httpx_aiohttp import AiohttpTransport
 from pydantic import Field, PrivateAttr
 
 from resources.llm.openai_protocol import (
@@ -54,16 +56,9 @@ from resources.llm.results import (
 
 log = logging.getLogger(__name__)
 
-# Exceptions a request can end in besides httpx's own: httpx-aiohttp lets some aiohttp errors
-# through unmapped, and asyncio's timeouts are TimeoutError.
-_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, TimeoutError, OSError)
-try:
-    import aiohttp as _aiohttp
-    from httpx_aiohttp import AiohttpTransport as _AiohttpTransport
-
-    _TRANSPORT_ERRORS += (_aiohttp.ClientError,)
-except ImportError:  # pragma: no cover - the plain httpx transport still works, only slower
-    _AiohttpTransport = None  # type: ignore[assignment,misc]
+# Exceptions a request can end in besides httpx's own: aiohttp's (the hot path, and what
+# httpx-aiohttp lets through unmapped), and asyncio's timeouts (TimeoutError).
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, TimeoutError, OSError, aiohttp.ClientError)
 
 
 @dataclass(slots=True)
@@ -77,11 +72,11 @@ class _AsyncPool:
     """
 
     client: httpx.AsyncClient
-    session: Any | None  # aiohttp.ClientSession when httpx-aiohttp is installed
+    session: aiohttp.ClientSession
     headers: dict[str, str]
-    timeout: Any | None  # aiohttp.ClientTimeout matching the httpx client's
+    timeout: aiohttp.ClientTimeout  # the httpx client's, in aiohttp's terms
     proxy: Any | None = None  # the environment's proxy for the chat URL, looked up once
-    proxy_auth: Any | None = None
+    proxy_auth: aiohttp.BasicAuth | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,12 +391,6 @@ class LLMBackend(ConfigurableResource, abc.ABC):
         return parse_chat_response(response.status_code, response.content, response.headers.get("retry-after"))
 
     async def _asend(self, pool: _AsyncPool, call: _Call) -> Outcome:
-        if pool.session is None:
-            try:
-                response = await pool.client.post(call.url, json=call.payload, timeout=call.send_timeout)
-            except _TRANSPORT_ERRORS as exc:
-                return Failure(error_from_exception(exc))
-            return parse_chat_response(response.status_code, response.content, response.headers.get("retry-after"))
         timeout = pool.timeout if call.timeout is None else _aiohttp_timeout(call.timeout)
         try:
             async with pool.session.post(call.url, json=call.payload, headers=pool.headers, timeout=timeout,
@@ -482,9 +471,6 @@ class LLMBackend(ConfigurableResource, abc.ABC):
                 client = self._client
         return client
 
-    def _async_client(self) -> httpx.AsyncClient:
-        return self._async_pool().client
-
     def _async_pool(self) -> _AsyncPool:
         loop = asyncio.get_running_loop()
         pool = self._aclients.get(loop)
@@ -495,26 +481,23 @@ class LLMBackend(ConfigurableResource, abc.ABC):
             if pool is None:
                 # An async client belongs to the loop it first ran on; drop those of finished loops.
                 for old_loop in [lp for lp in self._aclients if lp.is_closed()]:
-                    _discard_async_client(old_loop, self._aclients.pop(old_loop).client)
+                    _discard_async_pool(old_loop, self._aclients.pop(old_loop))
                 pool = self._new_async_pool()
                 self._aclients[loop] = pool
         return pool
 
     def _new_async_pool(self) -> _AsyncPool:
         limits, timeout, headers = self._limits(), self._timeout(), self._headers()
-        if _AiohttpTransport is None:
-            client = httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits, trust_env=self._trust_env)
-            return _AsyncPool(client, None, headers, None)
         # aiohttp underneath costs a fraction of httpx's own transport in CPU per call; the session is
         # ours (not the transport's lazy one) so the hot path can use it too, on the same connections.
         # trust_env stays off in the session: with it on, aiohttp looks up .netrc and the proxy
         # variables in a worker thread on every request (two thread hops a call); the proxy is
         # looked up here once instead, and the key travels in the Authorization header.
-        session = _aiohttp.ClientSession(
-            connector=_aiohttp.TCPConnector(limit=limits.max_connections or 0, limit_per_host=0,
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=limits.max_connections or 0, limit_per_host=0,
                                             keepalive_timeout=limits.keepalive_expiry))
         proxy, proxy_auth = _env_proxy(self._chat_url) if self._trust_env else (None, None)
-        transport = _AiohttpTransport(limits=limits, trust_env=self._trust_env, client=session)
+        transport = AiohttpTransport(limits=limits, trust_env=self._trust_env, client=session)
         client = httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits, transport=transport,
                                    trust_env=self._trust_env)
         return _AsyncPool(client, session, headers, _aiohttp_timeout(timeout), proxy, proxy_auth)
@@ -527,7 +510,7 @@ class LLMBackend(ConfigurableResource, abc.ABC):
         if client is not None:
             client.close()
         for loop, pool in aclients.items():
-            _discard_async_client(loop, pool.client)
+            _discard_async_pool(loop, pool)
 
     async def aclose(self) -> None:
         """Close the clients from inside the event loop that used them (cleanest for async code)."""
@@ -542,7 +525,7 @@ class LLMBackend(ConfigurableResource, abc.ABC):
         self.close()
 
 
-def _env_proxy(url: str) -> tuple[Any | None, Any | None]:
+def _env_proxy(url: str) -> tuple[Any | None, aiohttp.BasicAuth | None]:
     """(proxy, auth) the environment (HTTP(S)_PROXY, NO_PROXY) sets for `url`, as aiohttp would find it."""
     from aiohttp.helpers import get_env_proxy_for_url
     from yarl import URL
@@ -553,35 +536,33 @@ def _env_proxy(url: str) -> tuple[Any | None, Any | None]:
         return None, None
 
 
-def _aiohttp_timeout(timeout: httpx.Timeout) -> Any:
+def _aiohttp_timeout(timeout: httpx.Timeout) -> aiohttp.ClientTimeout:
     """httpx's per-operation timeouts in aiohttp's terms (no pool timeout, as in `_timeout`)."""
-    return _aiohttp.ClientTimeout(total=None, sock_connect=timeout.connect, sock_read=timeout.read)
+    return aiohttp.ClientTimeout(total=None, sock_connect=timeout.connect, sock_read=timeout.read)
 
 
 def _is_event_stream(response: httpx.Response) -> bool:
     return response.headers.get("content-type", "").startswith("text/event-stream")
 
 
-def _discard_async_client(loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient) -> None:
-    """Close an async client from outside its loop, as well as that loop's state allows."""
+def _discard_async_pool(loop: asyncio.AbstractEventLoop, pool: _AsyncPool) -> None:
+    """Close a loop's clients from outside that loop, as well as the loop's state allows."""
     if loop.is_closed():
-        _abandon(client)
+        _abandon(pool.session)
         return
     try:
         if loop.is_running():
-            asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+            asyncio.run_coroutine_threadsafe(pool.client.aclose(), loop)
         else:
-            loop.run_until_complete(client.aclose())
+            loop.run_until_complete(pool.client.aclose())
     except RuntimeError:
-        _abandon(client)
+        _abandon(pool.session)
 
 
-def _abandon(client: httpx.AsyncClient) -> None:
+def _abandon(session: aiohttp.ClientSession) -> None:
     """Its loop is gone, so nothing can be awaited: mark the aiohttp session closed so that it does not
     log an error when collected; the sockets close when the garbage collector takes their transports."""
-    transport = getattr(client, "_transport", None)
-    session = getattr(transport, "client", None)
-    if _AiohttpTransport is not None and isinstance(session, _aiohttp.ClientSession) and not session.closed:
+    if not session.closed:
         connector = session.connector
         session.detach()
         close_now = getattr(connector, "_close", None)
