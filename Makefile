@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(STATE)/dagster_home
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup setup-browser materialize enrich dev test smoke-lmstudio bench clean-state
+.PHONY: setup setup-browser materialize enrich dev lint test smoke-lmstudio bench clean-state
 
 setup: setup-browser
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ materialize:
 dev:
 	$(BIN)/pmagent init >/dev/null
 	$(BIN)/dagster dev -w workspace.yaml
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test:
 	$(BIN)/pytest

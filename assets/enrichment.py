@@ -1,10 +1,11 @@
-"""The enrichment domain: the routed LLM asset, its job and the routing sensor."""
+"""The enrichment domain: the routed LLM asset, its job and the routing sensor that drives the job."""
 
 from dagster import Definitions, define_asset_job
 
+from assets.lm_routing_sensor import lm_routing_sensor
 from assets.noun_enrichments import noun_enrichments
 from gemantria_dag.enrichment.partitions import letter_partitions
-from gemantria_dag.sensors.lm_routing_sensor import ENRICHMENT_JOB, lm_routing_sensor
+from gemantria_dag.names import ENRICHMENT_JOB
 
 enrichment_job = define_asset_job(
     ENRICHMENT_JOB,

@@ -7,6 +7,7 @@ from resources.bible_db import BibleDatabase
 
 NOUN_COLUMNS = ["strong_id", "lemma", "consonantal", "transliteration", "gender", "gloss", "language"]
 
+
 @asset(
     group_name="lexicon",
     description="Common nouns (Strong's morphology n-m, n-f, n; Hebrew and Aramaic) with a short gloss.",

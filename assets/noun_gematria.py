@@ -7,7 +7,15 @@ from gemantria_dag.lexicon.gematria import first_letter, gematria
 from resources.control_plane_db import ControlPlaneDatabase
 
 GEMATRIA_COLUMNS = [
-    "strong_id", "lemma", "consonantal", "transliteration", "gender", "gloss", "language", "first_letter", "gematria",
+    "strong_id",
+    "lemma",
+    "consonantal",
+    "transliteration",
+    "gender",
+    "gloss",
+    "language",
+    "first_letter",
+    "gematria",
 ]
 
 _UPSERT = """
@@ -21,15 +29,19 @@ ON CONFLICT (strong_id) DO UPDATE SET
     first_letter = EXCLUDED.first_letter, gematria = EXCLUDED.gematria, updated_at = now()
 """
 
+
 def compute_gematria(nouns: pd.DataFrame) -> pd.DataFrame:
     frame = nouns.copy()
     frame["first_letter"] = frame["consonantal"].map(first_letter)
     frame["gematria"] = frame["consonantal"].map(gematria).astype("int64")
     return frame[GEMATRIA_COLUMNS]
 
+
 def _mirror_to_postgres(frame: pd.DataFrame, db: ControlPlaneDatabase) -> int:
     with db.connect() as conn, conn.transaction():
-        conn.execute("CREATE TEMP TABLE noun_gematria_stage (LIKE gematria.noun_gematria INCLUDING DEFAULTS) ON COMMIT DROP")
+        conn.execute(
+            "CREATE TEMP TABLE noun_gematria_stage (LIKE gematria.noun_gematria INCLUDING DEFAULTS) ON COMMIT DROP"
+        )
         with conn.cursor().copy(
             "COPY noun_gematria_stage (strong_id, lemma, consonantal, transliteration, gender, gloss,"
             " language, first_letter, gematria) FROM STDIN"
@@ -37,6 +49,7 @@ def _mirror_to_postgres(frame: pd.DataFrame, db: ControlPlaneDatabase) -> int:
             for row in frame.itertuples(index=False):
                 copy.write_row([None if pd.isna(v) else v for v in row])
         return conn.execute(_UPSERT).rowcount
+
 
 @asset(
     group_name="lexicon",

@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
-from throughput import BENCH_API_KEY, free_port, http_json, load_nouns, stop_group  # noqa: E402
+from throughput import free_port, http_json, load_nouns, stop_group  # noqa: E402
 
 
 def main() -> None:
@@ -42,15 +42,31 @@ def main() -> None:
     p.add_argument("--ramp-up", type=float, default=0.2, help="seconds over which the first calls start (as the asset)")
     p.add_argument("--gc", choices=("on", "off"), default="on")
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
-    p.add_argument("--layer", choices=("runner", "resource", "httpx"), default="runner",
-                   help="runner: the EnrichmentRunner (records, parse); resource: RemoteLLMResource.acomplete in C "
-                        "workers (no runner); httpx: bare httpx + httpx-aiohttp posts of the same payloads")
+    p.add_argument(
+        "--layer",
+        choices=("runner", "resource", "httpx"),
+        default="runner",
+        help="runner: the EnrichmentRunner (records, parse); resource: RemoteLLMResource.acomplete in C "
+        "workers (no runner); httpx: bare httpx + httpx-aiohttp posts of the same payloads",
+    )
     args = p.parse_args()
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tests.servers.fixed_latency", "--port", str(port),
-                               "--latency-ms", str(args.latency_ms)], cwd=REPO_ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.servers.fixed_latency",
+            "--port",
+            str(port),
+            "--latency-ms",
+            str(args.latency_ms),
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         for _ in range(100):
             try:
@@ -74,10 +90,18 @@ def run(args: argparse.Namespace, base_url: str) -> None:
     c = args.concurrency
     remote = RemoteLLMResource(base_url=base_url, model="remote-model", max_connections=c)
     router = FailoverRouter(Route("remote", remote, "remote-model", c, CircuitBreaker(3, 30.0)), None)
-    info = RunInfo(project_id=1, run_id="00000000-0000-0000-0000-000000000001", asset_key="noun_enrichments",
-                   routed_backend="remote", prompt_version=PROMPT_VERSION,
-                   params_hash=params_hash(temperature=0.2, max_tokens=256), temperature=0.2, max_tokens=256,
-                   response_format=response_format(), tool_by_route={"remote": "remote_llm", "lm_studio": "lm_studio"})
+    info = RunInfo(
+        project_id=1,
+        run_id="00000000-0000-0000-0000-000000000001",
+        asset_key="noun_enrichments",
+        routed_backend="remote",
+        prompt_version=PROMPT_VERSION,
+        params_hash=params_hash(temperature=0.2, max_tokens=256),
+        temperature=0.2,
+        max_tokens=256,
+        response_format=response_format(),
+        tool_by_route={"remote": "remote_llm", "lm_studio": "lm_studio"},
+    )
     runner = EnrichmentRunner(router, info, lambda line: None, 5.0, args.ramp_up)
 
     async def go():
@@ -89,26 +113,45 @@ def run(args: argparse.Namespace, base_url: str) -> None:
             it = iter(nouns)
             done = []
             if args.layer == "resource":
+
                 async def worker():
                     for n in it:
-                        done.append(await remote.acomplete(messages=build_messages(n), model="remote-model",
-                                                           temperature=0.2, max_tokens=256,
-                                                           response_format=info.response_format))
+                        done.append(
+                            await remote.acomplete(
+                                messages=build_messages(n),
+                                model="remote-model",
+                                temperature=0.2,
+                                max_tokens=256,
+                                response_format=info.response_format,
+                            )
+                        )
             else:
                 import httpx
                 from httpx_aiohttp import AiohttpTransport
 
                 limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
-                client = httpx.AsyncClient(transport=AiohttpTransport(limits=limits), limits=limits,
-                                           headers={"Authorization": "Bearer x"}, timeout=httpx.Timeout(60, pool=None))
+                client = httpx.AsyncClient(
+                    transport=AiohttpTransport(limits=limits),
+                    limits=limits,
+                    headers={"Authorization": "Bearer x"},
+                    timeout=httpx.Timeout(60, pool=None),
+                )
                 url = base_url + "/chat/completions"
 
                 async def worker():
                     for n in it:
-                        r = await client.post(url, json={"model": "remote-model", "messages": build_messages(n),
-                                                         "temperature": 0.2, "max_tokens": 256,
-                                                         "response_format": info.response_format})
+                        r = await client.post(
+                            url,
+                            json={
+                                "model": "remote-model",
+                                "messages": build_messages(n),
+                                "temperature": 0.2,
+                                "max_tokens": 256,
+                                "response_format": info.response_format,
+                            },
+                        )
                         done.append(r.json())
+
             try:
                 await asyncio.gather(*(worker() for _ in range(c)))
             finally:
@@ -131,6 +174,7 @@ def run(args: argparse.Namespace, base_url: str) -> None:
 
         prof = Profiler(interval=0.0005)
         prof.start()
+
     async def go_none():  # return nothing: asyncio.run would repr its result (the whole batch) on exit
         out = await go()
         holder.append(out)
@@ -151,21 +195,29 @@ def run(args: argparse.Namespace, base_url: str) -> None:
     elif args.profile == "pyinstrument":
         prof.stop()
     calls = len(batch.records)
-    print(f"{args.layer}: {calls} calls in {wall:.2f} s = {calls / wall:.1f} calls/s (ideal {c / args.latency_ms * 1000:.0f}); "
-          f"CPU {1000 * cpu / calls:.3f} ms/call")
+    print(
+        f"{args.layer}: {calls} calls in {wall:.2f} s = {calls / wall:.1f} calls/s "
+        f"(ideal {c / args.latency_ms * 1000:.0f}); "
+        f"CPU {1000 * cpu / calls:.3f} ms/call"
+    )
     if args.dsn:
-        from gemantria_dag.control_plane.writer import ControlPlaneWriter
-        from gemantria_dag.db.target import DatabaseTarget
         from pydantic import SecretStr
 
-        target = DatabaseTarget(configured="dsn", on=True, reason="bench", display="bench", conninfo=SecretStr(args.dsn))
+        from gemantria_dag.control_plane.writer import ControlPlaneWriter
+        from gemantria_dag.db.target import DatabaseTarget
+
+        target = DatabaseTarget(
+            configured="dsn", on=True, reason="bench", display="bench", conninfo=SecretStr(args.dsn)
+        )
         writer = ControlPlaneWriter(target, None)
         writer.connect().close()
         t0, c0 = time.perf_counter(), time.process_time()
         report = writer.write(batch)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        print(f"write: {report.records_written} records in {wall:.3f} s = {report.records_written / wall:.0f} rows/s; "
-              f"CPU {1000 * cpu / calls:.3f} ms/call")
+        print(
+            f"write: {report.records_written} records in {wall:.3f} s = {report.records_written / wall:.0f} rows/s; "
+            f"CPU {1000 * cpu / calls:.3f} ms/call"
+        )
     if args.profile == "cprofile":
         out = io.StringIO()
         pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(args.top)

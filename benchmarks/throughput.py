@@ -53,9 +53,18 @@ if str(REPO_ROOT) not in sys.path:  # `tests.servers` and the project, when run 
     sys.path.insert(0, str(REPO_ROOT))
 
 CONTRACT_KEYS = (
-    "concurrency", "latency_ms", "calls", "ideal_calls_per_s", "direct_aiohttp_calls_per_s",
-    "direct_httpx_calls_per_s", "litellm_calls_per_s", "pipeline_calls_per_s", "pipeline_cpu_ms_per_call",
-    "pipeline_peak_rss_mb", "logging_share_of_wall", "run_startup_s",
+    "concurrency",
+    "latency_ms",
+    "calls",
+    "ideal_calls_per_s",
+    "direct_aiohttp_calls_per_s",
+    "direct_httpx_calls_per_s",
+    "litellm_calls_per_s",
+    "pipeline_calls_per_s",
+    "pipeline_cpu_ms_per_call",
+    "pipeline_peak_rss_mb",
+    "logging_share_of_wall",
+    "run_startup_s",
 )
 BENCH_API_KEY = "sk-bench-0000"
 RSS_SMALL_NOUNS = 500
@@ -142,8 +151,9 @@ def load_nouns() -> list[dict[str, Any]]:
     return nouns
 
 
-def request_bodies(nouns: list[dict[str, Any]], model: str, form: str, max_tokens: int,
-                   temperature: float) -> list[dict[str, Any]]:
+def request_bodies(
+    nouns: list[dict[str, Any]], model: str, form: str, max_tokens: int, temperature: float
+) -> list[dict[str, Any]]:
     """The chat bodies the pipeline sends (same prompt, same structured-output form)."""
     from gemantria_dag.enrichment.prompt import build_messages, insight_json_schema
 
@@ -152,12 +162,21 @@ def request_bodies(nouns: list[dict[str, Any]], model: str, form: str, max_token
         rf: dict[str, Any] = {"type": "json_object", "schema": schema}
     else:
         rf = {"type": "json_schema", "json_schema": {"name": "noun_insight", "strict": True, "schema": schema}}
-    return [{"model": model, "messages": build_messages(n), "temperature": temperature, "max_tokens": max_tokens,
-             "response_format": rf} for n in nouns]
+    return [
+        {
+            "model": model,
+            "messages": build_messages(n),
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "response_format": rf,
+        }
+        for n in nouns
+    ]
 
 
-def pick_structured_form(base_url: str, nouns: list[dict[str, Any]], model: str, max_tokens: int,
-                         temperature: float) -> tuple[str, float]:
+def pick_structured_form(
+    base_url: str, nouns: list[dict[str, Any]], model: str, max_tokens: int, temperature: float
+) -> tuple[str, float]:
     """(form, seconds one call took): json_schema (OpenAI, LM Studio, the fixed server) unless the
     server refuses that form (llama-cpp-python answers it with a 500 naming it), then json_object,
     as the backends do."""
@@ -206,8 +225,14 @@ def _timed(run) -> dict[str, Any]:
     ok, failed = run()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     calls = ok + failed
-    return {"calls": calls, "failed": failed, "wall_s": wall, "calls_per_s": calls / wall if wall else None,
-            "cpu_ms_per_call": 1000.0 * cpu / calls if calls else None, "peak_rss_mb": peak_rss_mb()}
+    return {
+        "calls": calls,
+        "failed": failed,
+        "wall_s": wall,
+        "calls_per_s": calls / wall if wall else None,
+        "cpu_ms_per_call": 1000.0 * cpu / calls if calls else None,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def phase_direct(spec: dict[str, Any]) -> dict[str, Any]:
@@ -222,10 +247,12 @@ def phase_direct(spec: dict[str, Any]) -> dict[str, Any]:
             connector = aiohttp.TCPConnector(limit=c, limit_per_host=c)
             timeout = aiohttp.ClientTimeout(total=300)
             async with aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout) as session:
+
                 async def call(body: dict[str, Any]) -> None:
                     async with session.post(url, json=body) as resp:
                         resp.raise_for_status()
                         _reply_text(await resp.json())
+
                 return await _drive(bodies, c, call)
     else:
         import httpx
@@ -238,12 +265,15 @@ def phase_direct(spec: dict[str, Any]) -> dict[str, Any]:
 
                 transport = AiohttpTransport(limits=limits)
             timeout = httpx.Timeout(300.0, pool=None)
-            async with httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout,
-                                         transport=transport) as client:
+            async with httpx.AsyncClient(
+                headers=headers, limits=limits, timeout=timeout, transport=transport
+            ) as client:
+
                 async def call(body: dict[str, Any]) -> None:
                     resp = await client.post(url, json=body)
                     resp.raise_for_status()
                     _reply_text(resp.json())
+
                 return await _drive(bodies, c, call)
 
     return _timed(lambda: asyncio.run(main()))
@@ -258,16 +288,31 @@ def phase_litellm(spec: dict[str, Any]) -> dict[str, Any]:
     litellm.suppress_debug_info = True
     litellm.telemetry = False
     bodies, c = spec["bodies"], spec["concurrency"]
-    router = Router(model_list=[{"model_name": "bench", "litellm_params": {
-        "model": f"openai/{spec['model']}", "api_base": spec["base_url"], "api_key": BENCH_API_KEY}}],
-        num_retries=0)
+    router = Router(
+        model_list=[
+            {
+                "model_name": "bench",
+                "litellm_params": {
+                    "model": f"openai/{spec['model']}",
+                    "api_base": spec["base_url"],
+                    "api_key": BENCH_API_KEY,
+                },
+            }
+        ],
+        num_retries=0,
+    )
 
     async def main() -> tuple[int, int]:
         async def call(body: dict[str, Any]) -> None:
-            resp = await router.acompletion(model="bench", messages=body["messages"],
-                                            temperature=body["temperature"], max_tokens=body["max_tokens"],
-                                            response_format=body["response_format"])
+            resp = await router.acompletion(
+                model="bench",
+                messages=body["messages"],
+                temperature=body["temperature"],
+                max_tokens=body["max_tokens"],
+                response_format=body["response_format"],
+            )
             assert resp.choices[0].message.content is not None
+
         return await _drive(bodies, c, call)
 
     return _timed(lambda: asyncio.run(main()))
@@ -316,8 +361,8 @@ def phase_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     from assets.noun_enrichments import noun_enrichments
     from assets.noun_gematria import noun_gematria
     from gemantria_dag.enrichment.runner import EnrichmentRunner
-    from gemantria_dag.resources import build_resources
     from gemantria_dag.settings import get_settings, reset_settings_cache
+    from resources.build import build_resources
     from resources.io_managers.control_plane import ControlPlaneIOManager
 
     # Instrumentation only (nothing the pipeline does changes): timestamps and process CPU time at the
@@ -371,8 +416,12 @@ def phase_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     settings = get_settings()
     resources = build_resources(settings)
     assets = [hebrew_nouns, noun_gematria, noun_enrichments]
-    config: dict[str, Any] = {"backend": "remote", "remote_concurrency": spec["concurrency"],
-                              "max_tokens": spec["max_tokens"], "temperature": spec["temperature"]}
+    config: dict[str, Any] = {
+        "backend": "remote",
+        "remote_concurrency": spec["concurrency"],
+        "max_tokens": spec["max_tokens"],
+        "temperature": spec["temperature"],
+    }
     if spec.get("limit"):
         config["limit"] = spec["limit"]
     if spec.get("ramp_up") is not None:
@@ -389,69 +438,95 @@ def phase_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
         server_before = _server_calls(spec)
         rss_before, cpu0 = peak_rss_mb(), time.process_time()
         t_start = time.perf_counter()
-        result = materialize(assets, selection=[noun_enrichments], instance=instance, resources=resources,
-                             run_config=run_config, tags=tags)
+        result = materialize(
+            assets,
+            selection=[noun_enrichments],
+            instance=instance,
+            resources=resources,
+            run_config=run_config,
+            tags=tags,
+        )
         t_end = time.perf_counter()
         assert result.success
         meta = _metadata(result)
         first, persisted = marks["first_request"], marks["persisted"]
         calls = int(meta["calls_made"])
         wall = persisted[0] - first[0]
-        out.update({
-            "calls": calls,
-            "nouns": int(meta["nouns_enriched"]) + int(meta["violations"]) + int(meta["nouns_failed"]),
-            "nouns_enriched": int(meta["nouns_enriched"]), "violations": int(meta["violations"]),
-            "nouns_failed": int(meta["nouns_failed"]), "repairs": int(meta["repairs"]),
-            "calls_failed": int(meta["calls_failed"]),
-            "wall_s": wall, "calls_per_s": calls / wall if wall > 0 else None,
-            "cpu_ms_per_call": 1000.0 * (persisted[1] - first[1]) / calls if calls else None,
-            # Where the wall goes: the calls (runner), the asset's tail and Dagster until the IO manager,
-            # the IO manager (control-plane write); wall seconds and CPU seconds of each.
-            "breakdown_s": {
-                "calls": marks["runner_done"][0] - first[0],
-                "asset_tail": marks["handle_start"][0] - marks["runner_done"][0],
-                "io_manager": persisted[0] - marks["handle_start"][0],
-            },
-            "breakdown_cpu_s": {
-                "calls": marks["runner_done"][1] - first[1],
-                "asset_tail": marks["handle_start"][1] - marks["runner_done"][1],
-                "io_manager": persisted[1] - marks["handle_start"][1],
-            },
-            "run_startup_s": first[0] - t_start,
-            "run_startup_cpu_s": first[1] - cpu0,
-            "run_after_persist_s": t_end - persisted[0],
-            "run_total_s": t_end - t_start,
-            "run_total_cpu_ms_per_call": 1000.0 * (time.process_time() - cpu0) / calls if calls else None,
-            "control_plane_seconds": float(meta["control_plane_seconds"]),
-            "records_written": int(meta["control_plane_records_written"]),
-            "outcomes_written": int(meta["control_plane_outcomes_written"]),
-            "records_spooled": int(meta["control_plane_records_spooled"]),
-            "latency_p50_ms": meta.get("latency_p50_ms"), "latency_p95_ms": meta.get("latency_p95_ms"),
-            "peak_rss_mb": peak_rss_mb(), "peak_rss_before_run_mb": rss_before,
-            "peak_rss_at_mb": {"before_run": rss_before, **rss_at, "run_end": peak_rss_mb()},
-        })
-        out["gc_during_calls"] = {f"gen{g}": {"count": len(p), "total_ms": round(1000 * sum(p), 1),
-                                              "max_ms": round(1000 * max(p, default=0.0), 1)}
-                                  for g, p in gc_pauses.items()}
+        out.update(
+            {
+                "calls": calls,
+                "nouns": int(meta["nouns_enriched"]) + int(meta["violations"]) + int(meta["nouns_failed"]),
+                "nouns_enriched": int(meta["nouns_enriched"]),
+                "violations": int(meta["violations"]),
+                "nouns_failed": int(meta["nouns_failed"]),
+                "repairs": int(meta["repairs"]),
+                "calls_failed": int(meta["calls_failed"]),
+                "wall_s": wall,
+                "calls_per_s": calls / wall if wall > 0 else None,
+                "cpu_ms_per_call": 1000.0 * (persisted[1] - first[1]) / calls if calls else None,
+                # Where the wall goes: the calls (runner), the asset's tail and Dagster until the IO manager,
+                # the IO manager (control-plane write); wall seconds and CPU seconds of each.
+                "breakdown_s": {
+                    "calls": marks["runner_done"][0] - first[0],
+                    "asset_tail": marks["handle_start"][0] - marks["runner_done"][0],
+                    "io_manager": persisted[0] - marks["handle_start"][0],
+                },
+                "breakdown_cpu_s": {
+                    "calls": marks["runner_done"][1] - first[1],
+                    "asset_tail": marks["handle_start"][1] - marks["runner_done"][1],
+                    "io_manager": persisted[1] - marks["handle_start"][1],
+                },
+                "run_startup_s": first[0] - t_start,
+                "run_startup_cpu_s": first[1] - cpu0,
+                "run_after_persist_s": t_end - persisted[0],
+                "run_total_s": t_end - t_start,
+                "run_total_cpu_ms_per_call": 1000.0 * (time.process_time() - cpu0) / calls if calls else None,
+                "control_plane_seconds": float(meta["control_plane_seconds"]),
+                "records_written": int(meta["control_plane_records_written"]),
+                "outcomes_written": int(meta["control_plane_outcomes_written"]),
+                "records_spooled": int(meta["control_plane_records_spooled"]),
+                "latency_p50_ms": meta.get("latency_p50_ms"),
+                "latency_p95_ms": meta.get("latency_p95_ms"),
+                "peak_rss_mb": peak_rss_mb(),
+                "peak_rss_before_run_mb": rss_before,
+                "peak_rss_at_mb": {"before_run": rss_before, **rss_at, "run_end": peak_rss_mb()},
+            }
+        )
+        out["gc_during_calls"] = {
+            f"gen{g}": {
+                "count": len(p),
+                "total_ms": round(1000 * sum(p), 1),
+                "max_ms": round(1000 * max(p, default=0.0), 1),
+            }
+            for g, p in gc_pauses.items()
+        }
         out["gc_during_calls"]["objects_at_start"] = gc_objects[0] if gc_objects else None
-        out["insert_rows_per_s"] = (out["records_written"] / out["control_plane_seconds"]
-                                    if out["control_plane_seconds"] > 0 else None)
+        out["insert_rows_per_s"] = (
+            out["records_written"] / out["control_plane_seconds"] if out["control_plane_seconds"] > 0 else None
+        )
         out["logging_share_of_wall"] = out["control_plane_seconds"] / wall if wall > 0 else None
         server_after = _server_calls(spec)
         out["server_calls"] = None if server_before is None else server_after - server_before
         with psycopg.connect(settings.gematria_dsn.get_secret_value()) as conn:  # type: ignore[union-attr]
             rows, distinct = conn.execute(
-                "SELECT count(*), count(DISTINCT id) FROM control.agent_run WHERE session_id = %s",
-                (result.run_id,)).fetchone()
+                "SELECT count(*), count(DISTINCT id) FROM control.agent_run WHERE session_id = %s", (result.run_id,)
+            ).fetchone()
         out["agent_run_rows"] = int(rows)
-        out["recorded_once"] = bool(rows == distinct == calls == out["records_written"]
-                                    and out["server_calls"] in (None, calls))
+        out["recorded_once"] = bool(
+            rows == distinct == calls == out["records_written"] and out["server_calls"] in (None, calls)
+        )
 
         if spec.get("rematerialize"):
             before = _server_calls(spec)
             t0 = time.perf_counter()
-            again = materialize(assets, selection=[noun_enrichments], instance=instance, resources=resources,
-                                run_config=run_config, tags=tags)
+            again = materialize(
+                assets,
+                selection=[noun_enrichments],
+                instance=instance,
+                resources=resources,
+                run_config=run_config,
+                tags=tags,
+            )
             assert again.success
             meta2 = _metadata(again)
             after = _server_calls(spec)
@@ -473,8 +548,7 @@ def _server_calls(spec: dict[str, Any]) -> int | None:
     return int(http_json(spec["stats_url"])["chat"])
 
 
-PHASES = {"direct": phase_direct, "litellm": phase_litellm, "sequential": phase_sequential,
-          "pipeline": phase_pipeline}
+PHASES = {"direct": phase_direct, "litellm": phase_litellm, "sequential": phase_sequential, "pipeline": phase_pipeline}
 
 
 def run_phase_main(name: str, spec_file: str) -> None:
@@ -505,10 +579,20 @@ class Bench:
     def start_fixed_server(self) -> str:
         port = free_port()
         log = (self.work / "fixed_latency.log").open("wb")
-        cmd = [sys.executable, "-m", "tests.servers.fixed_latency", "--port", str(port),
-               "--latency-ms", str(self.args.latency_ms), "--model", self.args.model or "remote-model"]
-        self.server = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "tests.servers.fixed_latency",
+            "--port",
+            str(port),
+            "--latency-ms",
+            str(self.args.latency_ms),
+            "--model",
+            self.args.model or "remote-model",
+        ]
+        self.server = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         self.server_pid = self.server.pid
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -557,15 +641,33 @@ class Bench:
         if name == "pipeline" and self.args.profile_pipeline and not spec.get("limit_for_rss"):
             # py-spy's collapsed stacks of the pipeline process (on-CPU samples only).
             spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-            cmd = [spy, "record", "--format", "raw", "--threads", "-r", "250", "-o", self.args.profile_pipeline,
-                   "--", *cmd]
+            cmd = [
+                spy,
+                "record",
+                "--format",
+                "raw",
+                "--threads",
+                "-r",
+                "250",
+                "-o",
+                self.args.profile_pipeline,
+                "--",
+                *cmd,
+            ]
         self._child_cpu_s()  # start counting children's CPU from here
         busy0, total0 = cpu_jiffies()
         ours = [p for p in (self.server_pid, self.postmaster_pid()) if p]
         server_cpu0 = tree_cpu_s(ours)
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env or self.base_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=env or self.base_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
         try:
             out, err = proc.communicate(timeout=self.args.phase_timeout)
         except subprocess.TimeoutExpired:
@@ -611,13 +713,18 @@ class Bench:
     def pipeline_env(self, base_url: str, model: str) -> dict[str, str]:
         env = self.base_env()
         state = Path(tempfile.mkdtemp(prefix="state-", dir=self.work))
-        env.update({
-            "GEMANTRIA_STATE_DIR": str(state),
-            "GEMATRIA_DSN": self.new_database(),
-            "REMOTE_LLM_BASE_URL": base_url, "REMOTE_LLM_MODEL": model, "REMOTE_LLM_API_KEY": BENCH_API_KEY,
-            "REMOTE_LLM_PROVIDER": "remote_llm",
-            "USE_LM_STUDIO": "0", "LM_STUDIO_BASE_URL": "http://127.0.0.1:9/v1",
-        })
+        env.update(
+            {
+                "GEMANTRIA_STATE_DIR": str(state),
+                "GEMATRIA_DSN": self.new_database(),
+                "REMOTE_LLM_BASE_URL": base_url,
+                "REMOTE_LLM_MODEL": model,
+                "REMOTE_LLM_API_KEY": BENCH_API_KEY,
+                "REMOTE_LLM_PROVIDER": "remote_llm",
+                "USE_LM_STUDIO": "0",
+                "LM_STUDIO_BASE_URL": "http://127.0.0.1:9/v1",
+            }
+        )
         return env
 
     # ---- the run
@@ -648,8 +755,13 @@ class Bench:
         bodies = request_bodies(nouns[:calls], model, form, a.max_tokens, a.temperature)
         bodies_file = self.work / "bodies.json"
         bodies_file.write_text(json.dumps(bodies))
-        common = {"base_url": base_url, "model": model, "concurrency": c, "bodies_file": str(bodies_file),
-                  "calls": calls}
+        common = {
+            "base_url": base_url,
+            "model": model,
+            "concurrency": c,
+            "bodies_file": str(bodies_file),
+            "calls": calls,
+        }
         self.log(f"[bench] C={c}, {calls} calls per phase, response_format {form}")
 
         res: dict[str, Any] = {}
@@ -665,10 +777,17 @@ class Bench:
             self.log("[bench] LiteLLM Router ...")
             res["litellm"] = self.phase("litellm", common)
         self.log("[bench] pipeline (noun_enrichments through Dagster) ...")
-        pipe_spec = {"concurrency": c, "max_tokens": a.max_tokens, "temperature": a.temperature,
-                     "no_gc_freeze": a.no_gc_freeze, "ramp_up": a.ramp_up,
-                     "limit": calls if calls < total_nouns else None, "rematerialize": True,
-                     "stats_url": stats_url, "instance_dir": str(Path(tempfile.mkdtemp(prefix="dg-", dir=self.work)))}
+        pipe_spec = {
+            "concurrency": c,
+            "max_tokens": a.max_tokens,
+            "temperature": a.temperature,
+            "no_gc_freeze": a.no_gc_freeze,
+            "ramp_up": a.ramp_up,
+            "limit": calls if calls < total_nouns else None,
+            "rematerialize": True,
+            "stats_url": stats_url,
+            "instance_dir": str(Path(tempfile.mkdtemp(prefix="dg-", dir=self.work))),
+        }
         res["pipeline"] = self.phase("pipeline", pipe_spec, self.pipeline_env(base_url, model))
 
         rss_small = rss_all = None
@@ -680,17 +799,29 @@ class Bench:
                 rss_all = res["pipeline"]["peak_rss_mb"]
             else:
                 self.log("[bench] pipeline, all nouns (peak RSS) ...")
-                spec = {**pipe_spec, "limit": None, "rematerialize": False, "limit_for_rss": True,
-                        "instance_dir": str(Path(tempfile.mkdtemp(prefix="dg-", dir=self.work)))}
+                spec = {
+                    **pipe_spec,
+                    "limit": None,
+                    "rematerialize": False,
+                    "limit_for_rss": True,
+                    "instance_dir": str(Path(tempfile.mkdtemp(prefix="dg-", dir=self.work))),
+                }
                 rss_all = self.phase("pipeline", spec, self.pipeline_env(base_url, model))["peak_rss_mb"]
             self.log(f"[bench] pipeline, {RSS_SMALL_NOUNS} nouns (peak RSS) ...")
-            spec = {**pipe_spec, "limit": RSS_SMALL_NOUNS, "rematerialize": False, "limit_for_rss": True,
-                    "instance_dir": str(Path(tempfile.mkdtemp(prefix="dg-", dir=self.work)))}
+            spec = {
+                **pipe_spec,
+                "limit": RSS_SMALL_NOUNS,
+                "rematerialize": False,
+                "limit_for_rss": True,
+                "instance_dir": str(Path(tempfile.mkdtemp(prefix="dg-", dir=self.work))),
+            }
             res["pipeline_500"] = self.phase("pipeline", spec, self.pipeline_env(base_url, model))
             rss_small = res["pipeline_500"]["peak_rss_mb"]
         else:
-            rss_reason = (f"not measured: this run enriches {calls} of {total_nouns} nouns; "
-                          "pass --rss-check on to enrich all of them too")
+            rss_reason = (
+                f"not measured: this run enriches {calls} of {total_nouns} nouns; "
+                "pass --rss-check on to enrich all of them too"
+            )
 
         seq_calls = min(calls, a.sequential_calls)
         if a.only_pipeline:
@@ -699,18 +830,45 @@ class Bench:
             self.log(f"[bench] sequential loop ({seq_calls} calls) ...")
             res["sequential"] = self.phase("sequential", {**common, "calls": seq_calls, "concurrency": 1})
 
-        return self.figures(res, c=c, fixed=fixed, ideal=ideal, calls=calls, form=form, model=model,
-                            base_url=base_url, total_nouns=total_nouns, rss_small=rss_small, rss_all=rss_all,
-                            rss_reason=rss_reason)
+        return self.figures(
+            res,
+            c=c,
+            fixed=fixed,
+            ideal=ideal,
+            calls=calls,
+            form=form,
+            model=model,
+            base_url=base_url,
+            total_nouns=total_nouns,
+            rss_small=rss_small,
+            rss_all=rss_all,
+            rss_reason=rss_reason,
+        )
 
-    def figures(self, res: dict[str, Any], *, c: int, fixed: bool, ideal: float | None, calls: int, form: str,
-                model: str, base_url: str, total_nouns: int, rss_small: float | None, rss_all: float | None,
-                rss_reason: str | None) -> dict[str, Any]:
+    def figures(
+        self,
+        res: dict[str, Any],
+        *,
+        c: int,
+        fixed: bool,
+        ideal: float | None,
+        calls: int,
+        form: str,
+        model: str,
+        base_url: str,
+        total_nouns: int,
+        rss_small: float | None,
+        rss_all: float | None,
+        rss_reason: str | None,
+    ) -> dict[str, Any]:
         a = self.args
-        rate = {k: res[k].get("calls_per_s") for k in ("aiohttp", "httpx", "httpx_aiohttp", "litellm", "pipeline",
-                                                        "sequential")}
-        direct_best = max((v for k, v in rate.items() if k in ("aiohttp", "httpx", "httpx_aiohttp") and v),
-                          default=None)
+        rate = {
+            k: res[k].get("calls_per_s")
+            for k in ("aiohttp", "httpx", "httpx_aiohttp", "litellm", "pipeline", "sequential")
+        }
+        direct_best = max(
+            (v for k, v in rate.items() if k in ("aiohttp", "httpx", "httpx_aiohttp") and v), default=None
+        )
         ideal_basis = "C / latency" if fixed else "best direct client (the server's measured capacity)"
         if ideal is None:
             ideal = direct_best
@@ -760,13 +918,18 @@ class Bench:
             # What the pipeline adds to each call over the same HTTP stack used directly (httpx over
             # httpx-aiohttp): in latency, C x (1/b - 1/a) (each of the C slots turns over that much
             # slower), and in client CPU.
-            "pipeline_overhead_ms_per_call": (r(1000.0 * c * (1.0 / b - 1.0 / rate["httpx_aiohttp"]), 2)
-                                              if b and rate["httpx_aiohttp"] else None),
-            "pipeline_extra_cpu_ms_per_call": (r(pipe["cpu_ms_per_call"] - res["httpx_aiohttp"]["cpu_ms_per_call"], 3)
-                                               if pipe.get("cpu_ms_per_call") and res["httpx_aiohttp"].get("cpu_ms_per_call")
-                                               else None),
-            "cpu_ms_per_call": {k: r(res[k].get("cpu_ms_per_call"), 3) for k in
-                                ("aiohttp", "httpx", "httpx_aiohttp", "litellm", "pipeline", "sequential")},
+            "pipeline_overhead_ms_per_call": (
+                r(1000.0 * c * (1.0 / b - 1.0 / rate["httpx_aiohttp"]), 2) if b and rate["httpx_aiohttp"] else None
+            ),
+            "pipeline_extra_cpu_ms_per_call": (
+                r(pipe["cpu_ms_per_call"] - res["httpx_aiohttp"]["cpu_ms_per_call"], 3)
+                if pipe.get("cpu_ms_per_call") and res["httpx_aiohttp"].get("cpu_ms_per_call")
+                else None
+            ),
+            "cpu_ms_per_call": {
+                k: r(res[k].get("cpu_ms_per_call"), 3)
+                for k in ("aiohttp", "httpx", "httpx_aiohttp", "litellm", "pipeline", "sequential")
+            },
             "pipeline_wall_s": r(pipe["wall_s"], 2),
             "pipeline_gc_during_calls": pipe.get("gc_during_calls"),
             "pipeline_breakdown_s": {k: r(x, 3) for k, x in pipe["breakdown_s"].items()},
@@ -780,25 +943,33 @@ class Bench:
             "agent_run_rows": pipe["agent_run_rows"],
             "server_calls": pipe["server_calls"],
             "recorded_once": pipe["recorded_once"],
-            "nouns": pipe["nouns"], "nouns_enriched": pipe["nouns_enriched"], "violations": pipe["violations"],
-            "nouns_failed": pipe["nouns_failed"], "repairs": pipe["repairs"], "calls_failed": pipe["calls_failed"],
-            "pipeline_latency_p50_ms": pipe["latency_p50_ms"], "pipeline_latency_p95_ms": pipe["latency_p95_ms"],
+            "nouns": pipe["nouns"],
+            "nouns_enriched": pipe["nouns_enriched"],
+            "violations": pipe["violations"],
+            "nouns_failed": pipe["nouns_failed"],
+            "repairs": pipe["repairs"],
+            "calls_failed": pipe["calls_failed"],
+            "pipeline_latency_p50_ms": pipe["latency_p50_ms"],
+            "pipeline_latency_p95_ms": pipe["latency_p95_ms"],
             "rematerialize_calls": pipe.get("rematerialize_calls"),
             "rematerialize_server_calls": pipe.get("rematerialize_server_calls"),
             "rematerialize_cache_hits": pipe.get("rematerialize_cache_hits"),
             "rematerialize_s": r(pipe.get("rematerialize_s"), 2),
             "lexicon_setup_s": r(pipe.get("lexicon_setup_s"), 2),
-            "peak_rss_all_nouns_mb": r(rss_all), f"peak_rss_{RSS_SMALL_NOUNS}_nouns_mb": r(rss_small),
+            "peak_rss_all_nouns_mb": r(rss_all),
+            f"peak_rss_{RSS_SMALL_NOUNS}_nouns_mb": r(rss_small),
             "peak_rss_all_over_500": ratio(rss_all, rss_small),
             "rss_note": rss_reason,
             "peak_rss_by_stage_mb": {k: r(x) for k, x in pipe["peak_rss_at_mb"].items()},
-            f"peak_rss_by_stage_{RSS_SMALL_NOUNS}_nouns_mb": ({k: r(x) for k, x in res["pipeline_500"]["peak_rss_at_mb"].items()}
-                                                    if "pipeline_500" in res else None),
+            f"peak_rss_by_stage_{RSS_SMALL_NOUNS}_nouns_mb": (
+                {k: r(x) for k, x in res["pipeline_500"]["peak_rss_at_mb"].items()} if "pipeline_500" in res else None
+            ),
             "total_nouns": total_nouns,
             "sequential_calls": res["sequential"].get("calls"),
             "litellm_note": res["litellm"].get("skipped"),
-            "failed_calls": {k: res[k].get("failed") for k in ("aiohttp", "httpx", "httpx_aiohttp", "litellm",
-                                                              "sequential")},
+            "failed_calls": {
+                k: res[k].get("failed") for k in ("aiohttp", "httpx", "httpx_aiohttp", "litellm", "sequential")
+            },
             "other_load_cores": {k: r(res[k].get("other_load_cores"), 2) for k in res},
             "server_and_pg_cpu_cores": {k: r(res[k].get("server_cpu_cores"), 2) for k in res},
             "cpus": os.cpu_count(),
@@ -810,8 +981,11 @@ def table(f: dict[str, Any]) -> str:
     def v(x: Any, fmt: str = "{:.1f}") -> str:
         if isinstance(x, float) and fmt == "{:.1f}" and abs(x) < 10:
             fmt = "{:.3g}"
-        return "n/a" if x is None else (fmt.format(x) if isinstance(x, (int, float)) and not isinstance(x, bool)
-                                        else str(x))
+        return (
+            "n/a"
+            if x is None
+            else (fmt.format(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x))
+        )
 
     cpu = f["cpu_ms_per_call"]
     ideal = f["ideal_calls_per_s"]
@@ -822,20 +996,40 @@ def table(f: dict[str, Any]) -> str:
     rows = [
         ("ideal", ideal, None, ""),
         ("direct aiohttp", f["direct_aiohttp_calls_per_s"], cpu["aiohttp"], of_ideal(f["direct_aiohttp_calls_per_s"])),
-        ("direct httpx (AsyncClient)", f["direct_httpx_calls_per_s"], cpu["httpx"],
-         of_ideal(f["direct_httpx_calls_per_s"])),
-        ("direct httpx + httpx-aiohttp", f["direct_httpx_aiohttp_calls_per_s"], cpu["httpx_aiohttp"],
-         of_ideal(f["direct_httpx_aiohttp_calls_per_s"])),
+        (
+            "direct httpx (AsyncClient)",
+            f["direct_httpx_calls_per_s"],
+            cpu["httpx"],
+            of_ideal(f["direct_httpx_calls_per_s"]),
+        ),
+        (
+            "direct httpx + httpx-aiohttp",
+            f["direct_httpx_aiohttp_calls_per_s"],
+            cpu["httpx_aiohttp"],
+            of_ideal(f["direct_httpx_aiohttp_calls_per_s"]),
+        ),
         ("LiteLLM Router", f["litellm_calls_per_s"], cpu["litellm"], of_ideal(f["litellm_calls_per_s"])),
-        ("pipeline (noun_enrichments)", f["pipeline_calls_per_s"], cpu["pipeline"], of_ideal(f["pipeline_calls_per_s"])),
-        ("sequential loop (C=1)", f["sequential_calls_per_s"], cpu["sequential"], of_ideal(f["sequential_calls_per_s"])),
+        (
+            "pipeline (noun_enrichments)",
+            f["pipeline_calls_per_s"],
+            cpu["pipeline"],
+            of_ideal(f["pipeline_calls_per_s"]),
+        ),
+        (
+            "sequential loop (C=1)",
+            f["sequential_calls_per_s"],
+            cpu["sequential"],
+            of_ideal(f["sequential_calls_per_s"]),
+        ),
     ]
     server = f["server"] + (f" ({f['latency_ms']:g} ms)" if f["latency_ms"] else "")
-    lines = [f"server {server}, model {f['model']}, C={f['concurrency']}, {f['calls']} pipeline calls, "
-             f"{f['cpus']} CPUs; ideal = {f['ideal_basis']}",
-             "",
-             f"| {'client':<30} | {'calls/s':>8} | {'CPU ms/call':>11} | {'of ideal':>8} |",
-             f"|{'-' * 32}|{'-' * 9}:|{'-' * 12}:|{'-' * 9}:|"]
+    lines = [
+        f"server {server}, model {f['model']}, C={f['concurrency']}, {f['calls']} pipeline calls, "
+        f"{f['cpus']} CPUs; ideal = {f['ideal_basis']}",
+        "",
+        f"| {'client':<30} | {'calls/s':>8} | {'CPU ms/call':>11} | {'of ideal':>8} |",
+        f"|{'-' * 32}|{'-' * 9}:|{'-' * 12}:|{'-' * 9}:|",
+    ]
     for name, rate, c, oi in rows:
         lines.append(f"| {name:<30} | {v(rate):>8} | {v(c, '{:.3f}'):>11} | {oi:>8} |")
     lines += [
@@ -846,14 +1040,16 @@ def table(f: dict[str, Any]) -> str:
         f"(b)/(c) pipeline / sequential loop:       {v(f['pipeline_over_sequential'], '{:.1f}')}x",
         f"pipeline / LiteLLM Router:                {v(f['pipeline_over_litellm'], '{:.2f}')}x",
         f"pipeline overhead per call:               {v(f['pipeline_overhead_ms_per_call'], '{:.2f}')} ms of latency "
-        f"(C x (1/pipeline - 1/direct httpx-aiohttp)), {v(f['pipeline_extra_cpu_ms_per_call'], '{:.3f}')} ms of client CPU",
+        f"(C x (1/pipeline - 1/direct httpx-aiohttp)), "
+        f"{v(f['pipeline_extra_cpu_ms_per_call'], '{:.3f}')} ms of client CPU",
         f"pipeline client CPU per call:             {v(f['pipeline_cpu_ms_per_call'], '{:.3f}')} ms "
         f"(first request to last record persisted; whole run incl. start-up: "
         f"{v(f['pipeline_run_total_cpu_ms_per_call'], '{:.3f}')} ms)",
         f"control-plane insert:                     {v(f['control_plane_insert_rows_per_s'], '{:.0f}')} rows/s, "
         f"{v(f['control_plane_seconds'], '{:.3f}')} s = {v(f['logging_share_of_wall'], '{:.2%}')} of the "
         f"pipeline's {v(f['pipeline_wall_s'], '{:.2f}')} s",
-        f"pipeline wall by part (s):               {f['pipeline_breakdown_s']} (CPU s: {f['pipeline_breakdown_cpu_s']})",
+        f"pipeline wall by part (s):               {f['pipeline_breakdown_s']} "
+        f"(CPU s: {f['pipeline_breakdown_cpu_s']})",
         f"run start-up (materialize() to first request): {v(f['run_startup_s'], '{:.2f}')} s "
         f"({v(f['run_startup_cpu_s'], '{:.2f}')} s CPU); whole run {v(f['pipeline_run_total_s'], '{:.2f}')} s",
         f"recorded once: {f['recorded_once']} ({f['agent_run_rows']} control.agent_run rows, "
@@ -863,50 +1059,77 @@ def table(f: dict[str, Any]) -> str:
         f"outcomes: {f['nouns_enriched']} enriched, {f['violations']} violations, {f['nouns_failed']} failed, "
         f"{f['repairs']} repairs, {f['calls_failed']} failed calls",
         f"re-materialization: {v(f['rematerialize_calls'], '{}')} calls "
-        f"({v(f['rematerialize_cache_hits'], '{}')} cache hits, server saw {v(f['rematerialize_server_calls'], '{}')}), "
+        f"({v(f['rematerialize_cache_hits'], '{}')} cache hits, "
+        f"server saw {v(f['rematerialize_server_calls'], '{}')}), "
         f"{v(f['rematerialize_s'], '{:.2f}')} s",
         f"peak RSS: {v(f['pipeline_peak_rss_mb'])} MB this run; all {f['total_nouns']} nouns "
-        f"{v(f['peak_rss_all_nouns_mb'])} MB vs {RSS_SMALL_NOUNS} nouns {v(f[f'peak_rss_{RSS_SMALL_NOUNS}_nouns_mb'])} MB "
+        f"{v(f['peak_rss_all_nouns_mb'])} MB vs {RSS_SMALL_NOUNS} nouns "
+        f"{v(f[f'peak_rss_{RSS_SMALL_NOUNS}_nouns_mb'])} MB "
         f"(ratio {v(f['peak_rss_all_over_500'], '{:.3f}')})" + (f" [{f['rss_note']}]" if f["rss_note"] else ""),
         f"other load on the machine (cores, per phase; a URL server counts here): {f['other_load_cores']}",
     ]
     if f["litellm_note"]:
         lines.append(f"LiteLLM: {f['litellm_note']}")
     if f["void"]:
-        lines.append(f"VOID: direct aiohttp reached {f['direct_aiohttp_calls_per_s']} calls/s, under "
-                     f"{VOID_THRESHOLD} x ideal ({ideal}): the server or the machine is the bottleneck, "
-                     "so these figures say nothing about the client")
+        lines.append(
+            f"VOID: direct aiohttp reached {f['direct_aiohttp_calls_per_s']} calls/s, under "
+            f"{VOID_THRESHOLD} x ideal ({ideal}): the server or the machine is the bottleneck, "
+            "so these figures say nothing about the client"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--server", default="fixed", help="'fixed' (start the fixed-latency server) or a base URL "
-                                                     "such as http://127.0.0.1:8080/v1")
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--server",
+        default="fixed",
+        help="'fixed' (start the fixed-latency server) or a base URL such as http://127.0.0.1:8080/v1",
+    )
     p.add_argument("--latency-ms", type=float, default=200.0, help="latency of the fixed server")
     p.add_argument("--concurrency", "-c", type=int, default=16)
-    p.add_argument("--calls", type=int, default=None,
-                   help="calls per phase (default: every noun when that takes <= 60 s at the ideal rate, "
-                        "else 20 s of calls; for a URL server, about 40 s of calls one at a time)")
+    p.add_argument(
+        "--calls",
+        type=int,
+        default=None,
+        help="calls per phase (default: every noun when that takes <= 60 s at the ideal rate, "
+        "else 20 s of calls; for a URL server, about 40 s of calls one at a time)",
+    )
     p.add_argument("--sequential-calls", type=int, default=40)
     p.add_argument("--model", default=None, help="model to ask for (default: the server's first)")
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.2)
-    p.add_argument("--rss-check", choices=("auto", "on", "off"), default="auto",
-                   help="peak RSS of all nouns vs 500 (auto: when this run enriches every noun anyway)")
+    p.add_argument(
+        "--rss-check",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="peak RSS of all nouns vs 500 (auto: when this run enriches every noun anyway)",
+    )
     p.add_argument("--no-litellm", action="store_true")
-    p.add_argument("--no-gc-freeze", action="store_true",
-                   help="run the pipeline without the runner's frozen heap (to compare with before that change)")
-    p.add_argument("--ramp-up", type=float, default=None,
-                   help="the asset's ramp_up_seconds (default: the asset's own, 0.2 s)")
-    p.add_argument("--only-pipeline", action="store_true",
-                   help="quick look: the pipeline and direct httpx-aiohttp only (not the full figures)")
+    p.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="run the pipeline without the runner's frozen heap (to compare with before that change)",
+    )
+    p.add_argument(
+        "--ramp-up", type=float, default=None, help="the asset's ramp_up_seconds (default: the asset's own, 0.2 s)"
+    )
+    p.add_argument(
+        "--only-pipeline",
+        action="store_true",
+        help="quick look: the pipeline and direct httpx-aiohttp only (not the full figures)",
+    )
     p.add_argument("--phase-timeout", type=float, default=1800.0)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--keep", action="store_true", help="keep the /tmp work folder (logs)")
-    p.add_argument("--profile-pipeline", metavar="FILE", default=None,
-                   help="record the main pipeline phase with py-spy (collapsed stacks) into FILE")
+    p.add_argument(
+        "--profile-pipeline",
+        metavar="FILE",
+        default=None,
+        help="record the main pipeline phase with py-spy (collapsed stacks) into FILE",
+    )
     p.add_argument("--phase", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     args = p.parse_args()

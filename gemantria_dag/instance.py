@@ -31,14 +31,17 @@ def storage_config(settings: Settings) -> tuple[dict[str, Any] | None, str]:
     if mode == "off":
         return None, "GEMATRIA_DSN=off: Dagster keeps its runs in SQLite under DAGSTER_HOME"
     if mode == "dsn":
-        return ({"postgres": {"postgres_url": {"env": DAGSTER_PG_URL_VAR}}},
-                f"GEMATRIA_DSN is set: Dagster storage on Postgres from ${DAGSTER_PG_URL_VAR}")
+        return (
+            {"postgres": {"postgres_url": {"env": DAGSTER_PG_URL_VAR}}},
+            f"GEMATRIA_DSN is set: Dagster storage on Postgres from ${DAGSTER_PG_URL_VAR}",
+        )
     pgdata = settings.embedded_pgdata
     if len(str(pgdata)) > MAX_PGDATA_PATH:
-        return None, (f"the embedded server's folder {pgdata} is too long for a stable socket path: "
-                      "Dagster keeps its runs in SQLite (use a shorter GEMANTRIA_STATE_DIR to share Postgres)")
-    url = (f"postgresql+psycopg2://postgres@/postgres?host={pgdata}"
-           f"&options=-csearch_path%3D{DAGSTER_SCHEMA}")
+        return None, (
+            f"the embedded server's folder {pgdata} is too long for a stable socket path: "
+            "Dagster keeps its runs in SQLite (use a shorter GEMANTRIA_STATE_DIR to share Postgres)"
+        )
+    url = f"postgresql+psycopg2://postgres@/postgres?host={pgdata}&options=-csearch_path%3D{DAGSTER_SCHEMA}"
     return {"postgres": {"postgres_url": url}}, f"Dagster storage on the embedded PostgreSQL (schema {DAGSTER_SCHEMA})"
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -45,6 +46,13 @@ def default_bible_db() -> Path:
 
 
 class Settings(BaseSettings):
+    """Every setting of the project, from the environment or `.env` (names: the fields, upper-cased).
+
+    Frozen and validated at load: `load_settings()` raises SettingsError naming the variable (never a
+    secret's value). The defaults here are the only defaults; resources reuse them (`setting_default`).
+    Units: `*_seconds` in seconds, `*_concurrency` in calls in flight.
+    """
+
     model_config = SettingsConfigDict(
         env_file=".env",
         env_file_encoding="utf-8",
@@ -122,11 +130,9 @@ class Settings(BaseSettings):
         if raw.lower() == DSN_OFF:
             return SecretStr(DSN_OFF)
         scheme = urlsplit(raw).scheme
-        if scheme not in ("postgresql", "postgres"):
-            if "=" not in raw:  # libpq key=value strings ("host=... dbname=...") are fine too
-                raise ValueError(
-                    "must be 'off', a postgresql://user@host:5432/db URL or a libpq key=value string"
-                )
+        # libpq key=value strings ("host=... dbname=...") are fine too.
+        if scheme not in ("postgresql", "postgres") and "=" not in raw:
+            raise ValueError("must be 'off', a postgresql://user@host:5432/db URL or a libpq key=value string")
         return SecretStr(raw)
 
     @field_validator("lm_studio_model", "remote_llm_model", "lm_studio_api_token", "remote_llm_api_key", mode="before")
@@ -159,6 +165,7 @@ class Settings(BaseSettings):
 
     @property
     def db_mode(self) -> Literal["embedded", "dsn", "off"]:
+        """The one decision on the control-plane DB: GEMATRIA_DSN unset -> embedded, `off` -> off, else dsn."""
         if self.gematria_dsn is None:
             return "embedded"
         if self.gematria_dsn.get_secret_value() == DSN_OFF:
@@ -168,6 +175,12 @@ class Settings(BaseSettings):
     @property
     def remote_configured(self) -> bool:
         return bool(self.remote_llm_base_url and self.remote_llm_model)
+
+
+def setting_default(name: str) -> Any:
+    """The default of setting `name` (a field of `Settings`): the one place defaults live, which the
+    resources' own config fields reuse. Raises KeyError for an unknown name."""
+    return Settings.model_fields[name].default
 
 
 def _describe(error: dict) -> str:
@@ -193,6 +206,17 @@ def load_settings(**overrides: object) -> Settings:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return load_settings()
+
+
+def settings_for_code_location() -> Settings:
+    """The settings, for a module Dagster loads; on a bad value, raise SettingsError whose traceback
+    is suppressed, so the Dagster CLI prints one line (not ~70 of loader frames) and `dagster dev`
+    logs and shows one line; the process is loading code and has nothing else to report."""
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        sys.tracebacklimit = 0
+        raise SettingsError(f"{exc} (fix the variable in the environment or .env, or unset it)") from None
 
 
 def reset_settings_cache() -> None:

@@ -34,8 +34,9 @@ def assert_live_off(live: dict[str, Any]) -> None:
 
 def pmagent(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     env.setdefault("LM_STUDIO_BASE_URL", NO_LM_STUDIO)
-    return subprocess.run([str(VENV_BIN / "pmagent"), "control", *args], env=cli_env(**env),
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(VENV_BIN / "pmagent"), "control", *args], env=cli_env(**env), capture_output=True, text=True, timeout=120
+    )
 
 
 def as_json(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
@@ -44,8 +45,9 @@ def as_json(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
-def _record(i: int, minutes_ago: float, *, latency: float, tool: str = "lm_studio", ok: bool = True,
-            **args: object) -> AgentRunRecord:
+def _record(
+    i: int, minutes_ago: float, *, latency: float, tool: str = "lm_studio", ok: bool = True, **args: object
+) -> AgentRunRecord:
     record = make_record(i, tool=tool, ok=ok, **args)
     record.result.latency_ms = latency
     record.created_at = datetime.now(UTC) - timedelta(minutes=minutes_ago)
@@ -69,8 +71,10 @@ def seeded(control_plane_dsn: str) -> dict[str, AgentRunRecord]:
     writer = ControlPlaneWriter(resolve_database(get_settings()), Spool(get_settings().spool_dir))
     writer.write(EnrichmentBatch(records=[*records.values(), other_project]), session_id=uuid4())
     with psycopg.connect(control_plane_dsn) as conn:  # a row another agent tool wrote: not an LLM call
-        conn.execute("INSERT INTO control.agent_run (project_id, tool, args_json, result_json)"
-                     " VALUES (1, 'search', '{\"q\": \"אב\"}', '{\"ok\": false, \"latency_ms\": 5}')")
+        conn.execute(
+            "INSERT INTO control.agent_run (project_id, tool, args_json, result_json)"
+            ' VALUES (1, \'search\', \'{"q": "אב"}\', \'{"ok": false, "latency_ms": 5}\')'
+        )
     # Three records waiting in the spool (the DB was down when they were made).
     pending = make_batch(3, start=50)
     Spool(get_settings().spool_dir).append(PendingBatch(reason="test", records=pending.records))
@@ -92,12 +96,21 @@ def test_pipeline_status_json(seeded: dict[str, AgentRunRecord]) -> None:
     assert (week["tools"][0]["success"], week["tools"][0]["failure"]) == (3, 2)
     recent = as_json(pmagent("pipeline-status", "--json", "--window", "30m"))
     assert [(t["tool"], t["success"], t["failure"]) for t in recent["tools"]] == [
-        ("lm_studio", 2, 0), ("remote_llm", 1, 0)]
+        ("lm_studio", 2, 0),
+        ("remote_llm", 1, 0),
+    ]
 
 
 def test_pipeline_status_lists_lm_studio_and_the_configured_remote_even_without_calls(control_plane_dsn: str) -> None:
-    out = as_json(pmagent("pipeline-status", "--json", REMOTE_LLM_BASE_URL="http://127.0.0.1:9/v1",
-                          REMOTE_LLM_MODEL="m", REMOTE_LLM_PROVIDER="openrouter"))
+    out = as_json(
+        pmagent(
+            "pipeline-status",
+            "--json",
+            REMOTE_LLM_BASE_URL="http://127.0.0.1:9/v1",
+            REMOTE_LLM_MODEL="m",
+            REMOTE_LLM_PROVIDER="openrouter",
+        )
+    )
     assert out["tools"] == [
         {"tool": "lm_studio", "success": 0, "failure": 0, "last_run_at": None, "last_status": None},
         {"tool": "openrouter", "success": 0, "failure": 0, "last_run_at": None, "last_status": None},
@@ -121,10 +134,19 @@ def test_summary_json(seeded: dict[str, AgentRunRecord]) -> None:
     usage = out["usage"]
     # Latencies in the window: 100, 200, 300, 1000 (lm_studio), 400, 600 (remote); percentile_cont interpolates.
     assert usage == {
-        "calls": 6, "ok": 5, "failed": 1, "failure_rate": round(1 / 6, 4), "calls_per_hour": 0.25, "share": None,
-        "latency_ms_p50": 350.0, "latency_ms_p95": 900.0,
-        "prompt_tokens": 720, "completion_tokens": 360, "total_tokens": 1080,
-        "fallback_count": 1, "substitution_count": 1,
+        "calls": 6,
+        "ok": 5,
+        "failed": 1,
+        "failure_rate": round(1 / 6, 4),
+        "calls_per_hour": 0.25,
+        "share": None,
+        "latency_ms_p50": 350.0,
+        "latency_ms_p95": 900.0,
+        "prompt_tokens": 720,
+        "completion_tokens": 360,
+        "total_tokens": 1080,
+        "fallback_count": 1,
+        "substitution_count": 1,
     }
     lm, remote = out["tools"]["lm_studio"], out["tools"]["remote_llm"]
     assert (lm["calls"], lm["failed"], lm["failure_rate"], lm["share"]) == (4, 1, 0.25, round(4 / 6, 4))
@@ -195,8 +217,16 @@ def test_unreachable_db_answers_with_the_reason_and_never_the_password() -> None
 def test_password_in_a_working_dsn_is_never_printed(seeded: dict[str, AgentRunRecord], control_plane_dsn: str) -> None:
     # The embedded server trusts local connections, so the password is accepted and ignored.
     dsn = control_plane_dsn.replace("postgres:@", f"postgres:{PASSWORD}@", 1)
-    outputs = [pmagent(*args, GEMATRIA_DSN=dsn) for args in (
-        ("pipeline-status", "--json"), ("pipeline-status",), ("summary", "--json"), ("summary",), ("flush",))]
+    outputs = [
+        pmagent(*args, GEMATRIA_DSN=dsn)
+        for args in (
+            ("pipeline-status", "--json"),
+            ("pipeline-status",),
+            ("summary", "--json"),
+            ("summary",),
+            ("flush",),
+        )
+    ]
     for done in outputs:
         assert done.returncode == 0, done.stderr
         assert PASSWORD not in done.stdout + done.stderr

@@ -27,8 +27,9 @@ KEY = "sk-test-SECRET-4242"
 def pmagent(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
     # cwd: a folder without a developer's .env, so only the given environment counts.
-    proc = subprocess.run([str(VENV_BIN / "pmagent"), *args], cwd=tmp_path, env=cli_env(**env),
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(VENV_BIN / "pmagent"), *args], cwd=tmp_path, env=cli_env(**env), capture_output=True, text=True, timeout=60
+    )
     return proc, time.monotonic() - started
 
 
@@ -40,8 +41,13 @@ def run_inline(monkeypatch: pytest.MonkeyPatch, *args: str, **env: str) -> Any:
 
 
 def test_lm_off_answers_fast(tmp_path: Path, closed_port: int) -> None:
-    proc, seconds = pmagent(tmp_path, "health", "lm", LM_STUDIO_BASE_URL=f"http://127.0.0.1:{closed_port}/v1",
-                            LM_STUDIO_MODEL="smollm2-135m")
+    proc, seconds = pmagent(
+        tmp_path,
+        "health",
+        "lm",
+        LM_STUDIO_BASE_URL=f"http://127.0.0.1:{closed_port}/v1",
+        LM_STUDIO_MODEL="smollm2-135m",
+    )
     assert proc.returncode == 1, proc.stderr
     out = json.loads(proc.stdout)
     assert out["mode"] == "lm_off" and out["ok"] is False
@@ -60,8 +66,9 @@ def test_hung_server_cannot_stall_the_check(tmp_path: Path, fault_server: FaultS
 
 
 def test_lm_ready_against_the_real_engine(tmp_path: Path, llama_server: LlamaServer) -> None:
-    proc, _ = pmagent(tmp_path, "health", "lm", LM_STUDIO_BASE_URL=llama_server.base_url,
-                      LM_STUDIO_MODEL=llama_server.model)
+    proc, _ = pmagent(
+        tmp_path, "health", "lm", LM_STUDIO_BASE_URL=llama_server.base_url, LM_STUDIO_MODEL=llama_server.model
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = json.loads(proc.stdout)
     assert out["ok"] is True and out["mode"] == "lm_ready"
@@ -76,8 +83,14 @@ def test_bad_settings_exit_2(tmp_path: Path) -> None:
 
 def test_pretty_table(monkeypatch: pytest.MonkeyPatch, fault_server: FaultServer) -> None:
     fault_server.as_lm_studio(v0={"qwen2.5-7b-instruct": "not-loaded"})
-    result = run_inline(monkeypatch, "health", "lm", "--pretty", LM_STUDIO_BASE_URL=fault_server.base_url,
-                        LM_STUDIO_MODEL="qwen2.5-7b-instruct")
+    result = run_inline(
+        monkeypatch,
+        "health",
+        "lm",
+        "--pretty",
+        LM_STUDIO_BASE_URL=fault_server.base_url,
+        LM_STUDIO_MODEL="qwen2.5-7b-instruct",
+    )
     assert result.exit_code == 1
     for text in ("error", "model_not_loaded", "lms load qwen2.5-7b-instruct", "lm_studio_legacy", "/api/v0/models"):
         assert text in result.output
@@ -85,8 +98,9 @@ def test_pretty_table(monkeypatch: pytest.MonkeyPatch, fault_server: FaultServer
         json.loads(result.output)
 
 
-def test_use_lm_studio_0_is_said_beside_the_servers_health(monkeypatch: pytest.MonkeyPatch,
-                                                          fault_server: FaultServer) -> None:
+def test_use_lm_studio_0_is_said_beside_the_servers_health(
+    monkeypatch: pytest.MonkeyPatch, fault_server: FaultServer
+) -> None:
     fault_server.as_lm_studio(v0={"qwen2.5-7b-instruct": "loaded"})
     env = {"LM_STUDIO_BASE_URL": fault_server.base_url, "LM_STUDIO_MODEL": "qwen2.5-7b-instruct"}
     ready = json.loads(run_inline(monkeypatch, "health", "lm", **env).output)
@@ -105,8 +119,16 @@ def test_remote_off_when_unconfigured(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_remote_ready_and_the_key_stays_hidden(tmp_path: Path, llama_server: LlamaServer) -> None:
-    proc, _ = pmagent(tmp_path, "health", "remote", "--pretty", REMOTE_LLM_BASE_URL=llama_server.base_url,
-                      REMOTE_LLM_MODEL=llama_server.model, REMOTE_LLM_API_KEY=KEY, REMOTE_LLM_PROVIDER="vllm")
+    proc, _ = pmagent(
+        tmp_path,
+        "health",
+        "remote",
+        "--pretty",
+        REMOTE_LLM_BASE_URL=llama_server.base_url,
+        REMOTE_LLM_MODEL=llama_server.model,
+        REMOTE_LLM_API_KEY=KEY,
+        REMOTE_LLM_PROVIDER="vllm",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "remote_ready" in proc.stdout and "vllm" in proc.stdout
     assert KEY not in proc.stdout + proc.stderr
@@ -114,8 +136,7 @@ def test_remote_ready_and_the_key_stays_hidden(tmp_path: Path, llama_server: Lla
 
 def test_remote_refused_key_is_not_echoed(tmp_path: Path, fault_server: FaultServer) -> None:
     fault_server.script("GET /v1/models", unauthorized(echo_key=KEY))
-    env = {"REMOTE_LLM_BASE_URL": fault_server.base_url, "REMOTE_LLM_MODEL": "gpt-4o-mini",
-           "REMOTE_LLM_API_KEY": KEY}
+    env = {"REMOTE_LLM_BASE_URL": fault_server.base_url, "REMOTE_LLM_MODEL": "gpt-4o-mini", "REMOTE_LLM_API_KEY": KEY}
     for args in (("health", "remote"), ("health", "remote", "--pretty")):
         proc, _ = pmagent(tmp_path, *args, **env)
         assert proc.returncode == 1
@@ -126,8 +147,14 @@ def test_remote_refused_key_is_not_echoed(tmp_path: Path, fault_server: FaultSer
 
 def test_remote_model_listed(monkeypatch: pytest.MonkeyPatch, fault_server: FaultServer) -> None:
     fault_server.script("GET /v1/models", json_reply(openai_models(["gpt-4o-mini"])))
-    result = run_inline(monkeypatch, "health", "remote", REMOTE_LLM_BASE_URL=fault_server.base_url,
-                        REMOTE_LLM_MODEL="gpt-4o-mini", REMOTE_LLM_API_KEY=KEY)
+    result = run_inline(
+        monkeypatch,
+        "health",
+        "remote",
+        REMOTE_LLM_BASE_URL=fault_server.base_url,
+        REMOTE_LLM_MODEL="gpt-4o-mini",
+        REMOTE_LLM_API_KEY=KEY,
+    )
     assert result.exit_code == 0
     out = json.loads(result.output)
     assert out["mode"] == "remote_ready" and out["details"]["provider"] == "remote_llm"

@@ -33,8 +33,14 @@ class CliProject:
     dsn: str
 
     def run(self, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([str(VENV_BIN / args[0]), *args[1:]], cwd=REPO_ROOT, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [str(VENV_BIN / args[0]), *args[1:]],
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 @pytest.fixture
@@ -62,17 +68,30 @@ def test_enrichment_job_from_the_cli_then_pipeline_status(cli_project: CliProjec
     assert lexicon.returncode == 0, (lexicon.stdout + lexicon.stderr)[-3000:]
 
     config = {"ops": {"noun_enrichments": {"config": {"max_tokens": 160}}}}
-    enrich = cli_project.run("dagster", "asset", "materialize", "-m", "gemantria_dag.definitions",
-                             "--select", "noun_enrichments", "--partition", PARTITION,
-                             "--config-json", json.dumps(config))
+    enrich = cli_project.run(
+        "dagster",
+        "asset",
+        "materialize",
+        "-m",
+        "gemantria_dag.definitions",
+        "--select",
+        "noun_enrichments",
+        "--partition",
+        PARTITION,
+        "--config-json",
+        json.dumps(config),
+    )
     output = enrich.stdout + enrich.stderr
     assert enrich.returncode == 0, output[-3000:]
     run_id = _run_id(output)
     assert "routing (run start): lm_studio" in output
 
     with psycopg.connect(cli_project.dsn) as conn:
-        calls = conn.execute("SELECT tool, args_json->>'partition', (result_json->>'ok')::boolean "
-                             "FROM control.agent_run WHERE args_json->>'run_id' = %s", (run_id,)).fetchall()
+        calls = conn.execute(
+            "SELECT tool, args_json->>'partition', (result_json->>'ok')::boolean "
+            "FROM control.agent_run WHERE args_json->>'run_id' = %s",
+            (run_id,),
+        ).fetchall()
         outcomes = conn.execute("SELECT count(*) FROM gematria.noun_enrichment").fetchone()[0]
         # Dagster's own run storage is the same Postgres (schema dagster), as `pmagent init` set it up.
         (status,) = conn.execute("SELECT status FROM dagster.runs WHERE run_id = %s", (run_id,)).fetchone()

@@ -48,26 +48,47 @@ VALUES (7, 'search', '{"q": "legacy"}', '{"ok": true}');
 
 def make_record(i: int = 0, *, tool: str = "lm_studio", ok: bool = True, **args: object) -> AgentRunRecord:
     fields: dict[str, object] = dict(
-        model="qwen2.5-7b", prompt_length=400 + i, temperature=0.2, max_tokens=256, strong_id=f"H{i}",
-        routed_backend=tool, backend=tool, asset_key="noun_enrichments", partition="א", prompt_version="v1",
+        model="qwen2.5-7b",
+        prompt_length=400 + i,
+        temperature=0.2,
+        max_tokens=256,
+        strong_id=f"H{i}",
+        routed_backend=tool,
+        backend=tool,
+        asset_key="noun_enrichments",
+        partition="א",
+        prompt_version="v1",
     )
     fields.update(args)
     return AgentRunRecord(
         project_id=1,
         tool=tool,
         args=CallArgs(**fields),  # type: ignore[arg-type]
-        result=CallResult(ok=ok, response_length=300 if ok else 0, latency_ms=100.0 + i, tokens_per_second=42.5,
-                          prompt_tokens=120, completion_tokens=60, error_code=None if ok else "timeout"),
+        result=CallResult(
+            ok=ok,
+            response_length=300 if ok else 0,
+            latency_ms=100.0 + i,
+            tokens_per_second=42.5,
+            prompt_tokens=120,
+            completion_tokens=60,
+            error_code=None if ok else "timeout",
+        ),
         violations=[] if ok else [{"code": "timeout", "message": "read timed out after 30s"}],
     )
 
 
 def make_outcome(record: AgentRunRecord, *, ok: bool = True, text: str = "a word for a father") -> NounEnrichment:
     return NounEnrichment(
-        strong_id=record.args.strong_id or "H0", model=record.args.model or "m", prompt_version="v1",
-        params_hash="p0", backend=record.tool, ok=ok,
+        strong_id=record.args.strong_id or "H0",
+        model=record.args.model or "m",
+        prompt_version="v1",
+        params_hash="p0",
+        backend=record.tool,
+        ok=ok,
         insight=NounInsight(insight=text, themes=["family"], confidence=0.75) if ok else None,
-        violation=None if ok else "timeout", record_id=record.id, created_at=record.created_at,
+        violation=None if ok else "timeout",
+        record_id=record.id,
+        created_at=record.created_at,
     )
 
 
@@ -86,15 +107,22 @@ def table_shape(conn: psycopg.Connection, table: str = "agent_run") -> dict[str,
         "columns": conn.execute(
             "SELECT ordinal_position, column_name, data_type, is_nullable, column_default"
             " FROM information_schema.columns WHERE table_schema = 'control' AND table_name = %s"
-            " ORDER BY ordinal_position", (table,)).fetchall(),
+            " ORDER BY ordinal_position",
+            (table,),
+        ).fetchall(),
         "indexes": conn.execute(
             "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'control' AND tablename = %s"
-            " ORDER BY indexname", (table,)).fetchall(),
+            " ORDER BY indexname",
+            (table,),
+        ).fetchall(),
         "constraints": conn.execute(
             "SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint"
-            " WHERE conrelid = %s::regclass ORDER BY conname", (f"control.{table}",)).fetchall(),
+            " WHERE conrelid = %s::regclass ORDER BY conname",
+            (f"control.{table}",),
+        ).fetchall(),
         "triggers": conn.execute(
-            "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass", (f"control.{table}",)).fetchall(),
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass", (f"control.{table}",)
+        ).fetchall(),
     }
 
 
@@ -129,9 +157,13 @@ def test_rows_land_unchanged_schema_in_existing_table(existing_db: str, tmp_path
     with psycopg.connect(existing_db) as conn:
         assert table_shape(conn) == before
         assert conn.execute("SELECT * FROM control.agent_run WHERE project_id = 7").fetchall() == legacy
-        rows = {r[0]: r for r in conn.execute(
-            "SELECT id, project_id, session_id, tool, args_json, result_json, violations_json, created_at"
-            " FROM control.agent_run WHERE project_id = 1")}
+        rows = {
+            r[0]: r
+            for r in conn.execute(
+                "SELECT id, project_id, session_id, tool, args_json, result_json, violations_json, created_at"
+                " FROM control.agent_run WHERE project_id = 1"
+            )
+        }
     assert set(rows) == {r.id for r in batch.records}
     for record in batch.records:
         rid, project, session, tool, args, result, violations, created = rows[record.id]
@@ -149,9 +181,25 @@ def test_tables_created_when_absent(writer: ControlPlaneWriter, control_plane_ds
     with psycopg.connect(control_plane_dsn) as conn:
         shape = table_shape(conn)
     assert [c[1] for c in shape["columns"]] == [
-        "id", "project_id", "session_id", "tool", "args_json", "result_json", "violations_json", "created_at"]
+        "id",
+        "project_id",
+        "session_id",
+        "tool",
+        "args_json",
+        "result_json",
+        "violations_json",
+        "created_at",
+    ]
     assert [c[2] for c in shape["columns"]] == [
-        "uuid", "bigint", "uuid", "text", "jsonb", "jsonb", "jsonb", "timestamp with time zone"]
+        "uuid",
+        "bigint",
+        "uuid",
+        "text",
+        "jsonb",
+        "jsonb",
+        "jsonb",
+        "timestamp with time zone",
+    ]
     assert [c[3] for c in shape["columns"]] == ["NO", "NO", "YES", "NO", "NO", "NO", "NO", "NO"]
     indexed = sorted(d.split("(")[-1].rstrip(")") for _, d in shape["indexes"])
     assert indexed == ["created_at", "id", "project_id", "session_id", "tool"]
@@ -185,9 +233,11 @@ def test_injection_attempts_are_stored_as_data(writer: ControlPlaneWriter, contr
     clean = nasty_text.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL: kept visible as U+FFFD
     with psycopg.connect(control_plane_dsn) as conn:
         args, violations = conn.execute(
-            "SELECT args_json, violations_json FROM control.agent_run WHERE id = %s", (record.id,)).fetchone()
+            "SELECT args_json, violations_json FROM control.agent_run WHERE id = %s", (record.id,)
+        ).fetchone()
         stored = conn.execute(
-            "SELECT strong_id, model, insight_json->>'insight', violation FROM gematria.noun_enrichment").fetchone()
+            "SELECT strong_id, model, insight_json->>'insight', violation FROM gematria.noun_enrichment"
+        ).fetchone()
         catalog = conn.execute("SELECT backend, model_id FROM control.tool_catalog").fetchall()
     assert args["strong_id"] == nasty_id and args["model"] == nasty_model
     assert violations == [{"prompt": "'; TRUNCATE control.agent_run; --", "raw": clean}]
@@ -204,20 +254,37 @@ def test_tool_catalog_tracks_first_and_last_seen(writer: ControlPlaneWriter, con
     newer = make_record(3)
     writer.write(EnrichmentBatch(records=[newer]), session_id=uuid4())
     with psycopg.connect(control_plane_dsn) as conn:
-        rows = {(b, m): (f, last) for b, m, f, last in conn.execute(
-            "SELECT backend, model_id, first_seen, last_seen FROM control.tool_catalog")}
-    assert set(rows) == {("lm_studio", "qwen2.5-7b"), ("remote_llm", "gpt-4o-mini"),
-                         ("remote_llm", "gpt-4o-mini-2024-07-18")}
+        rows = {
+            (b, m): (f, last)
+            for b, m, f, last in conn.execute(
+                "SELECT backend, model_id, first_seen, last_seen FROM control.tool_catalog"
+            )
+        }
+    assert set(rows) == {
+        ("lm_studio", "qwen2.5-7b"),
+        ("remote_llm", "gpt-4o-mini"),
+        ("remote_llm", "gpt-4o-mini-2024-07-18"),
+    }
     assert rows[("lm_studio", "qwen2.5-7b")] == (old.created_at, newer.created_at)
 
 
 def test_outcome_upsert_newest_wins_and_success_is_kept(writer: ControlPlaneWriter, control_plane_dsn: str) -> None:
     record = make_record(1)
     first = make_outcome(record, text="first")
-    later = first.model_copy(update={"insight": NounInsight(insight="later", confidence=0.9),
-                                     "created_at": first.created_at + timedelta(seconds=5)})
-    failure = first.model_copy(update={"ok": False, "insight": None, "violation": "bad json",
-                                       "created_at": first.created_at + timedelta(seconds=9)})
+    later = first.model_copy(
+        update={
+            "insight": NounInsight(insight="later", confidence=0.9),
+            "created_at": first.created_at + timedelta(seconds=5),
+        }
+    )
+    failure = first.model_copy(
+        update={
+            "ok": False,
+            "insight": None,
+            "violation": "bad json",
+            "created_at": first.created_at + timedelta(seconds=9),
+        }
+    )
 
     def stored() -> tuple:
         with psycopg.connect(control_plane_dsn) as conn:
@@ -232,11 +299,23 @@ def test_outcome_upsert_newest_wins_and_success_is_kept(writer: ControlPlaneWrit
     assert stored() == (True, "later")
     # Two outcomes for one key in one batch: the newest is kept, no "cannot affect row a second time".
     key2 = make_outcome(make_record(2), text="old")
-    writer.write(EnrichmentBatch(enrichments=[key2.model_copy(update={
-        "insight": NounInsight(insight="new", confidence=0.5), "created_at": key2.created_at + timedelta(1)}), key2]))
+    writer.write(
+        EnrichmentBatch(
+            enrichments=[
+                key2.model_copy(
+                    update={
+                        "insight": NounInsight(insight="new", confidence=0.5),
+                        "created_at": key2.created_at + timedelta(1),
+                    }
+                ),
+                key2,
+            ]
+        )
+    )
     with psycopg.connect(control_plane_dsn) as conn:
-        assert conn.execute("SELECT insight_json->>'insight' FROM gematria.noun_enrichment WHERE strong_id = 'H2'"
-                            ).fetchone() == ("new",)
+        assert conn.execute(
+            "SELECT insight_json->>'insight' FROM gematria.noun_enrichment WHERE strong_id = 'H2'"
+        ).fetchone() == ("new",)
 
 
 def test_unreachable_database_spools_everything(tmp_path: Path) -> None:
@@ -280,6 +359,8 @@ def test_throughput(control_plane_dsn: str, tmp_path: Path, capsys: pytest.Captu
     rows = report.records_written + report.enrichments_written
     assert rows == 40_000
     with capsys.disabled():
-        print(f"\ncontrol-plane writer: {rows / elapsed:,.0f} rows/s ({report.records_written} records + "
-              f"{report.enrichments_written} outcomes in {elapsed:.2f}s)")
+        print(
+            f"\ncontrol-plane writer: {rows / elapsed:,.0f} rows/s ({report.records_written} records + "
+            f"{report.enrichments_written} outcomes in {elapsed:.2f}s)"
+        )
     assert rows / elapsed > 10_000  # a loose floor: this machine measures ~70k rows/s

@@ -15,14 +15,17 @@ from gemantria_dag.control_plane.spool import Spool
 from gemantria_dag.settings import get_settings, reset_settings_cache
 from tests.fixtures.enrichment import enrich, metadata
 from tests.fixtures.remote_server import FakeRemote
-from tests.test_spool import _kill_postmaster, _start_server, dedicated_pg  # noqa: F401 - fixture
+from tests.test_spool import _kill_postmaster, _start_server, dedicated_pg  # noqa: F401 - a fixture
 
 PARTITION = "tet"  # 43 nouns
 
 
 @pytest.mark.timeout(300)
 def test_db_killed_mid_run_spools_then_next_run_replays_exactly_once(
-    lexicon_instance: DagsterInstance, lm_down: None, remote_env: FakeRemote, dedicated_pg: Path,
+    lexicon_instance: DagsterInstance,
+    lm_down: None,
+    remote_env: FakeRemote,
+    dedicated_pg: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     uri = _start_server(dedicated_pg)

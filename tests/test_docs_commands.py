@@ -51,10 +51,21 @@ DOC_TOKEN = "lm-studio-api-token"
 MARKER = re.compile(r"^<!--\s*doc-(test|expect|message):?\s*(.*?)\s*-->\s*$")
 FENCE = re.compile(r"^```(\S*)\s*$")
 # The environment the runbooks' configuration section sets up; the commands may add to it.
-READER_ENV = {"LM_STUDIO_BASE_URL": "http://localhost:1234/v1", "LM_STUDIO_MODEL": DOC_MODEL,
-              "LLM_ROUTING_INTERVAL_SECONDS": "5"}
-PROJECT_PREFIXES = ("LM_STUDIO_", "REMOTE_LLM_", "USE_LM_STUDIO", "GEMATRIA_", "GEMANTRIA_", "BIBLE_DB", "LLM_",
-                    "DAGSTER_")
+READER_ENV = {
+    "LM_STUDIO_BASE_URL": "http://localhost:1234/v1",
+    "LM_STUDIO_MODEL": DOC_MODEL,
+    "LLM_ROUTING_INTERVAL_SECONDS": "5",
+}
+PROJECT_PREFIXES = (
+    "LM_STUDIO_",
+    "REMOTE_LLM_",
+    "USE_LM_STUDIO",
+    "GEMATRIA_",
+    "GEMANTRIA_",
+    "BIBLE_DB",
+    "LLM_",
+    "DAGSTER_",
+)
 
 
 @dataclass
@@ -93,7 +104,7 @@ def parse(path: Path) -> list[Block]:
         j = i + 1
         while j < len(lines) and lines[j].strip() != "```":
             j += 1
-        block = Block(doc=path.name, line=start + 1, lang=fence.group(1), body="\n".join(lines[start + 1:j]))
+        block = Block(doc=path.name, line=start + 1, lang=fence.group(1), body="\n".join(lines[start + 1 : j]))
         k = start - 1
         while k >= 0 and not lines[k].strip():
             k -= 1
@@ -103,15 +114,21 @@ def parse(path: Path) -> list[Block]:
         blocks.append(block)
         i = j + 1
     # Attach each doc-expect block to the command block before it.
-    for before, after in zip(blocks, blocks[1:]):
+    for before, after in zip(blocks, blocks[1:], strict=False):
         if after.kind == "expect" and before.kind == "test":
             before.expect = after
     return blocks
 
 
 ALL_BLOCKS = [b for doc in DOCS for b in parse(doc)]
-RUN_BLOCKS = [b for b in ALL_BLOCKS if b.lang == "bash" and b.kind == "test"
-              and b.case not in ("lm-studio-only",) and not b.case.startswith("covered-by=")]
+RUN_BLOCKS = [
+    b
+    for b in ALL_BLOCKS
+    if b.lang == "bash"
+    and b.kind == "test"
+    and b.case not in ("lm-studio-only",)
+    and not b.case.startswith("covered-by=")
+]
 MESSAGE_BLOCKS = [b for b in ALL_BLOCKS if b.kind == "message"]
 
 
@@ -157,8 +174,12 @@ def test_every_bash_block_is_marked_and_every_marker_is_known() -> None:
             problems.append(f"{block.id}: a ```{block.lang} block without <!-- doc-test: CASE -->")
         if block.kind == "test" and block.lang != "bash":
             problems.append(f"{block.id}: doc-test marks a ```{block.lang} block (only bash runs)")
-        if block.kind == "test" and block.case not in CASES and block.case != "lm-studio-only" \
-                and not block.case.startswith("covered-by="):
+        if (
+            block.kind == "test"
+            and block.case not in CASES
+            and block.case != "lm-studio-only"
+            and not block.case.startswith("covered-by=")
+        ):
             problems.append(f"{block.id}: unknown case {block.case!r} (known: {sorted(CASES)})")
         if block.kind == "expect" and not any(b.expect is block for b in ALL_BLOCKS):
             problems.append(f"{block.id}: doc-expect does not follow a doc-test block")
@@ -209,16 +230,25 @@ class DocsWorld:
         import json
         import urllib.request
 
-        request = urllib.request.Request(f"{self.admin}/scenario", data=json.dumps(body).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.admin}/scenario",
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
 
     def addresses(self, lm_root: str) -> list[tuple[str, str]]:
         llama_root = self.llama.base_url.removesuffix("/v1")
-        return [("http://localhost:1234", lm_root), ("https://api.openai.com/v1", self.llama.base_url),
-                ("gpt-4o-mini", self.llama.model), ("localhost:5432", f"localhost:{self.closed_port}"),
-                ("$PWD/.gemantria", str(self.state)), ("http://localhost:8080", llama_root)]
+        return [
+            ("http://localhost:1234", lm_root),
+            ("https://api.openai.com/v1", self.llama.base_url),
+            ("gpt-4o-mini", self.llama.model),
+            ("localhost:5432", f"localhost:{self.closed_port}"),
+            ("$PWD/.gemantria", str(self.state)),
+            ("http://localhost:8080", llama_root),
+        ]
 
 
 def _greets(root: str) -> bool:
@@ -233,22 +263,46 @@ def _greets(root: str) -> bool:
 def docs_world(llama_server: LlamaServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocsWorld]:
     port = free_port()
     log = tmp_path_factory.mktemp("docs-emulator") / "emulator.log"
-    proc = start_group([sys.executable, "-m", "tests.lmstudio_emulator", "--upstream", llama_server.base_url,
-                        "--upstream-model", llama_server.model, "--port", str(port), "--model", DOC_MODEL,
-                        "--scenario", "loaded", "--jit-load-seconds", "1"], env=cli_env(), log=log)
+    proc = start_group(
+        [
+            sys.executable,
+            "-m",
+            "tests.lmstudio_emulator",
+            "--upstream",
+            llama_server.base_url,
+            "--upstream-model",
+            llama_server.model,
+            "--port",
+            str(port),
+            "--model",
+            DOC_MODEL,
+            "--scenario",
+            "loaded",
+            "--jit-load-seconds",
+            "1",
+        ],
+        env=cli_env(),
+        log=log,
+    )
     root = f"http://127.0.0.1:{port}"
     state = Path(tempfile.mkdtemp(prefix="gmdoc-", dir="/tmp"))
     env = {k: v for k, v in cli_env().items() if not k.startswith(PROJECT_PREFIXES)}
-    env.update(GEMANTRIA_STATE_DIR=str(state), DAGSTER_HOME=str(state / "dagster_home"), TERM="dumb",
-               COLUMNS="100")
-    world = DocsWorld(emulator_root=root, admin=f"{root}/__admin", llama=llama_server, state=state,
-                      closed_port=free_port(), base_env=env)
+    env.update(GEMANTRIA_STATE_DIR=str(state), DAGSTER_HOME=str(state / "dagster_home"), TERM="dumb", COLUMNS="100")
+    world = DocsWorld(
+        emulator_root=root,
+        admin=f"{root}/__admin",
+        llama=llama_server,
+        state=state,
+        closed_port=free_port(),
+        base_env=env,
+    )
     try:
         wait_until(lambda: _greets(root), timeout_s=30, what="LM Studio emulator", proc=proc, log=log)
         yield world
     finally:
-        subprocess.run([str(VENV_BIN / "pmagent"), "db", "stop"], cwd=REPO_ROOT, env=env, capture_output=True,
-                       timeout=60)
+        subprocess.run(
+            [str(VENV_BIN / "pmagent"), "db", "stop"], cwd=REPO_ROOT, env=env, capture_output=True, timeout=60
+        )
         stop_group(proc, grace_s=5)
         shutil.rmtree(state, ignore_errors=True)
 
@@ -286,8 +340,15 @@ def _run_block(world: DocsWorld, block: Block) -> tuple[int, str]:
         env = {k: v.replace(doc_text, local) for k, v in env.items()}
     if block.case == "token":
         env["DOC_TOKEN"] = DOC_TOKEN
-    done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + script], cwd=REPO_ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    done = subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + script],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+    )
     output = done.stdout
     # Back to the docs' names: LM Studio's address always (the reader's environment has it), the
     # other stand-ins when this block names them.
@@ -311,14 +372,17 @@ def test_runbook_commands(docs_world: DocsWorld) -> None:
         if show:
             print(f"\n===== {block.id} [{block.case}] exit={code}\n$ {block.body}\n{output}")
         if code != want:
-            failures.append(f"{block.id} [{block.case}]: exit {code}, the docs say {want}\n$ {block.body}\n"
-                            f"{output[-2500:]}")
+            failures.append(
+                f"{block.id} [{block.case}]: exit {code}, the docs say {want}\n$ {block.body}\n{output[-2500:]}"
+            )
             continue
         if block.expect is not None:
             missing = missing_lines(block.expect.body, output)
             if missing:
-                failures.append(f"{block.id} [{block.case}]: the output lacks the lines the docs show at "
-                                f"{block.expect.id}:\n  " + "\n  ".join(missing) + f"\n--- output:\n{output[-2500:]}")
+                failures.append(
+                    f"{block.id} [{block.case}]: the output lacks the lines the docs show at "
+                    f"{block.expect.id}:\n  " + "\n  ".join(missing) + f"\n--- output:\n{output[-2500:]}"
+                )
     assert not failures, "\n\n".join(failures)
 
 
@@ -329,8 +393,9 @@ def _message_timeout(world: DocsWorld, caplog: pytest.LogCaptureFixture) -> str:
     from resources.llm.lm_studio import LMStudioResource
 
     world.scenario(scenario="loaded", upstream_delay_seconds=3)
-    lm = LMStudioResource(base_url=f"{world.emulator_root}/v1", model=DOC_MODEL, timeout_seconds=1,
-                          load_timeout_seconds=1)
+    lm = LMStudioResource(
+        base_url=f"{world.emulator_root}/v1", model=DOC_MODEL, timeout_seconds=1, load_timeout_seconds=1
+    )
     result = lm.complete("Define אב.", max_tokens=8)
     assert result.error is not None, result
     return f"{result.error.code.value}: {result.error.message}"
@@ -345,7 +410,8 @@ def _message_rate_limited(world: DocsWorld, caplog: pytest.LogCaptureFixture) ->
         server.script("POST /v1/chat/completions", rate_limited(retry_after=0))
         with caplog.at_level(logging.WARNING):
             result = RemoteLLMResource(base_url=server.base_url, model="gpt-4o-mini", api_key="sk-doc").complete(
-                "Define אב.", max_tokens=8)
+                "Define אב.", max_tokens=8
+            )
     finally:
         server.stop()
     assert result.error is not None, result
@@ -357,7 +423,8 @@ def _message_truncated(world: DocsWorld, caplog: pytest.LogCaptureFixture) -> st
 
     world.scenario(scenario="loaded", cut_stream_after_chunks=2)
     result = LMStudioResource(base_url=f"{world.emulator_root}/v1", model=DOC_MODEL).complete(
-        "Define אב.", max_tokens=32, stream=True)
+        "Define אב.", max_tokens=32, stream=True
+    )
     assert result.error is not None, result
     return f"{result.error.code.value}: {result.error.message}"
 
@@ -366,8 +433,9 @@ def _message_crashed(world: DocsWorld, caplog: pytest.LogCaptureFixture) -> str:
     from resources.llm.lm_studio import LMStudioResource
 
     world.scenario(scenario="loaded", crashed=True)
-    result = LMStudioResource(base_url=f"{world.emulator_root}/v1", model=DOC_MODEL).complete("Define אב.",
-                                                                                            max_tokens=8)
+    result = LMStudioResource(base_url=f"{world.emulator_root}/v1", model=DOC_MODEL).complete(
+        "Define אב.", max_tokens=8
+    )
     assert result.error is not None, result
     return f"{result.error.code.value}: {result.error.message}"
 
@@ -376,8 +444,9 @@ def _message_nothing_loaded(world: DocsWorld, caplog: pytest.LogCaptureFixture) 
     from resources.llm.lm_studio import LMStudioResource
 
     world.scenario(scenario="none_loaded")
-    result = LMStudioResource(base_url=f"{world.emulator_root}/v1", model=DOC_MODEL).complete("Define אב.",
-                                                                                            max_tokens=8)
+    result = LMStudioResource(base_url=f"{world.emulator_root}/v1", model=DOC_MODEL).complete(
+        "Define אב.", max_tokens=8
+    )
     assert result.error is not None, result
     return f"{result.error.code.value}: {result.error.message}"
 
@@ -388,7 +457,8 @@ def _message_substituted(world: DocsWorld, caplog: pytest.LogCaptureFixture) -> 
     world.scenario(scenario="none_loaded", loaded=[OTHER_MODEL])
     with caplog.at_level(logging.WARNING):
         result = LMStudioResource(base_url=f"{world.emulator_root}/v1", model=DOC_MODEL).complete(
-            "Define אב.", max_tokens=8)
+            "Define אב.", max_tokens=8
+        )
     assert result.ok and result.metadata.model_substituted, result
     return "\n".join(r.getMessage() for r in caplog.records)
 

@@ -57,8 +57,9 @@ def test_real_smollm2_partition_then_rematerialize_makes_zero_calls(
     assert metadata(third)["calls_made"] >= 3
 
 
-def test_lm_studio_down_routes_to_remote(lexicon_instance: DagsterInstance, lm_down: None,
-                                         remote_env: FakeRemote, control_plane_dsn: str) -> None:
+def test_lm_studio_down_routes_to_remote(
+    lexicon_instance: DagsterInstance, lm_down: None, remote_env: FakeRemote, control_plane_dsn: str
+) -> None:
     result = enrich(lexicon_instance, VAV)
     meta = metadata(result)
     assert meta["routed_backend"] == "remote"
@@ -73,9 +74,14 @@ def test_lm_studio_down_routes_to_remote(lexicon_instance: DagsterInstance, lm_d
     [({"USE_LM_STUDIO": "0"}, "USE_LM_STUDIO=0"), ({"LM_STUDIO_MODEL": "not-a-model"}, "not among")],
     ids=["use_lm_studio_0", "model_missing"],
 )
-def test_ineligible_lm_studio_routes_to_remote(lexicon_instance: DagsterInstance, lm_env: LlamaServer,
-                                               remote_env: FakeRemote, monkeypatch: pytest.MonkeyPatch,
-                                               env: dict[str, str], reason: str) -> None:
+def test_ineligible_lm_studio_routes_to_remote(
+    lexicon_instance: DagsterInstance,
+    lm_env: LlamaServer,
+    remote_env: FakeRemote,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    reason: str,
+) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     meta = metadata(enrich(lexicon_instance, VAV))
@@ -92,8 +98,9 @@ def test_both_down_fails_with_both_reasons_and_no_calls(lexicon_instance: Dagste
     assert "lm_off" in text and "remote LLM not configured" in text
 
 
-def test_64_calls_in_flight_each_recorded_exactly_once(lexicon_instance: DagsterInstance, lm_down: None,
-                                                       remote_env: FakeRemote, control_plane_dsn: str) -> None:
+def test_64_calls_in_flight_each_recorded_exactly_once(
+    lexicon_instance: DagsterInstance, lm_down: None, remote_env: FakeRemote, control_plane_dsn: str
+) -> None:
     """Issue 10's load, through Dagster: 700 nouns (mem) at 64 in flight on the fixed-latency server,
     JSON validation and control-plane logging on. The server saw 64 at once; every call it
     answered is one row of control.agent_run, and every noun has exactly one call and one outcome.
@@ -106,9 +113,17 @@ def test_64_calls_in_flight_each_recorded_exactly_once(lexicon_instance: Dagster
     assert remote_env.stats()["max_in_flight"] == 64
     assert meta["nouns_in_scope"] == 700 and meta["nouns_enriched"] == 700 and meta["repairs"] == 0
     assert served == meta["calls_made"] == 700
-    rows = _rows(control_plane_dsn, "SELECT count(*), count(DISTINCT id), count(DISTINCT args_json->>'strong_id') "
-                                    "FROM control.agent_run WHERE args_json->>'run_id' = %s", result.run_id)
+    rows = _rows(
+        control_plane_dsn,
+        "SELECT count(*), count(DISTINCT id), count(DISTINCT args_json->>'strong_id') "
+        "FROM control.agent_run WHERE args_json->>'run_id' = %s",
+        result.run_id,
+    )
     assert rows == [(700, 700, 700)]
-    outcomes = _rows(control_plane_dsn, "SELECT count(*) FROM gematria.noun_enrichment o JOIN control.agent_run r "
-                                        "ON r.id = o.record_id WHERE r.args_json->>'run_id' = %s", result.run_id)
+    outcomes = _rows(
+        control_plane_dsn,
+        "SELECT count(*) FROM gematria.noun_enrichment o JOIN control.agent_run r "
+        "ON r.id = o.record_id WHERE r.args_json->>'run_id' = %s",
+        result.run_id,
+    )
     assert outcomes == [(700,)]

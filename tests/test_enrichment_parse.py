@@ -27,7 +27,7 @@ def test_fenced_and_prefixed_reply() -> None:
         ('{"insight": "x", "themes": [], "confidence": 3}', "confidence"),
         ('{"themes": [], "confidence": 0.1}', "insight"),
         ('{"insight": "   ", "themes": [], "confidence": 0.1}', "empty text"),
-        ('[1, 2]', "no JSON object"),
+        ("[1, 2]", "no JSON object"),
     ],
 )
 def test_invalid_replies_say_why(reply: str, fragment: str) -> None:
@@ -36,8 +36,15 @@ def test_invalid_replies_say_why(reply: str, fragment: str) -> None:
 
 
 def test_prompt_carries_the_noun_and_schema() -> None:
-    noun = {"strong_id": "H1", "lemma": "אָב", "transliteration": "ʼâb", "gender": "masculine",
-            "language": "heb", "gloss": "father", "gematria": 3}
+    noun = {
+        "strong_id": "H1",
+        "lemma": "אָב",
+        "transliteration": "ʼâb",
+        "gender": "masculine",
+        "language": "heb",
+        "gloss": "father",
+        "gematria": 3,
+    }
     messages = build_messages(noun)
     assert "H1" in messages[-1]["content"] and "gematria 3" in messages[-1]["content"]
     schema = response_format()["json_schema"]["schema"]

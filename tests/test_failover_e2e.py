@@ -15,7 +15,7 @@ from gemantria_dag.control_plane.records import EnrichmentBatch
 from gemantria_dag.routing.failover import OUTAGE_CODES
 from gemantria_dag.settings import reset_settings_cache
 from tests.fixtures.enrichment import enrich
-from tests.fixtures.llm import LlamaServer, start_llama_server
+from tests.fixtures.llm import start_llama_server
 from tests.fixtures.processes import stop_group
 from tests.fixtures.remote_server import FakeRemote
 
@@ -66,8 +66,9 @@ CONFIG = {"lm_studio_concurrency": 1, "max_tokens": 48, "circuit_cooldown_second
 
 
 @pytest.mark.timeout(300)
-def test_local_engine_killed_mid_run_completes_on_remote(lexicon_instance: DagsterInstance, doomed: DoomedEngine,
-                                                         remote_env: FakeRemote) -> None:
+def test_local_engine_killed_mid_run_completes_on_remote(
+    lexicon_instance: DagsterInstance, doomed: DoomedEngine, remote_env: FakeRemote
+) -> None:
     doomed.arm()
     result = enrich(lexicon_instance, PARTITION, CONFIG)
     assert result.success
@@ -104,8 +105,12 @@ def test_every_backend_down_fails_clearly_and_keeps_what_was_done(
     assert "every LLM backend is down" in message and "lm_studio (smollm2-135m)" in message
     assert "connection_refused" in message or "timeout" in message
     with psycopg.connect(control_plane_dsn) as conn:
-        ok_rows = conn.execute("SELECT count(*) FROM control.agent_run WHERE (result_json->>'ok')::boolean").fetchone()[0]
-        failed = conn.execute("SELECT count(*) FROM control.agent_run WHERE NOT (result_json->>'ok')::boolean").fetchone()[0]
+        ok_rows = conn.execute("SELECT count(*) FROM control.agent_run WHERE (result_json->>'ok')::boolean").fetchone()[
+            0
+        ]
+        failed = conn.execute(
+            "SELECT count(*) FROM control.agent_run WHERE NOT (result_json->>'ok')::boolean"
+        ).fetchone()[0]
         outcomes = conn.execute("SELECT count(*) FROM gematria.noun_enrichment").fetchone()[0]
     # What was obtained before the outage is kept: the answered calls, their outcomes and the failed calls.
     assert ok_rows >= KILL_AFTER_CALLS and failed >= 3 and outcomes >= 1

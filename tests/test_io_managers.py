@@ -1,6 +1,5 @@
 """The control-plane IO managers through real Dagster runs: DB off, DB on, DB unreachable then back."""
 
-
 from collections.abc import Iterator
 from uuid import UUID
 
@@ -74,8 +73,9 @@ def instance() -> Iterator[DagsterInstance]:
 
 
 def _run(instance: DagsterInstance, partition: str = "א") -> ExecuteInProcessResult:
-    return materialize(ASSETS, resources={IO_KEY: ControlPlaneIOManagerFactory()}, instance=instance,
-                       partition_key=partition)
+    return materialize(
+        ASSETS, resources={IO_KEY: ControlPlaneIOManagerFactory()}, instance=instance, partition_key=partition
+    )
 
 
 def _messages(instance: DagsterInstance, run_id: str) -> list[str]:
@@ -92,14 +92,18 @@ def _metadata(result: ExecuteInProcessResult, node: str) -> dict[str, object]:
 
 def _assert_clean(instance: DagsterInstance, result: ExecuteInProcessResult) -> None:
     assert result.success
-    failures = [e for e in instance.all_logs(result.run_id)
-                if e.dagster_event is not None and e.dagster_event.event_type == DagsterEventType.STEP_FAILURE]
+    failures = [
+        e
+        for e in instance.all_logs(result.run_id)
+        if e.dagster_event is not None and e.dagster_event.event_type == DagsterEventType.STEP_FAILURE
+    ]
     assert failures == []
     assert not [m for m in _messages(instance, result.run_id) if "Traceback" in m]
 
 
-def test_factory_decides_from_settings_alone(control_plane_dsn: str, instance: DagsterInstance,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_factory_decides_from_settings_alone(
+    control_plane_dsn: str, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
     context = build_init_resource_context(instance=instance)
     assert isinstance(ControlPlaneIOManagerFactory().create_io_manager(context), ControlPlaneIOManager)
     assert isinstance(enrichment_cache_for(get_settings(), instance), PostgresEnrichmentCache)
@@ -139,7 +143,10 @@ def test_db_on_run_writes_agent_run_and_loads_back(control_plane_dsn: str, insta
     _assert_clean(instance, result)
     meta = _metadata(result, "enrichments")
     assert (meta["control_plane"], meta["control_plane_records_written"], meta["control_plane_outcomes_written"]) == (
-        "on", 5, 5)
+        "on",
+        5,
+        5,
+    )
     assert meta["control_plane_records_spooled"] == 0 and meta["control_plane_seconds"] >= 0
     with psycopg.connect(control_plane_dsn) as conn:
         rows = conn.execute("SELECT id, session_id, args_json->>'partition' FROM control.agent_run").fetchall()
@@ -154,8 +161,9 @@ def test_db_on_run_writes_agent_run_and_loads_back(control_plane_dsn: str, insta
     assert found == {o.strong_id: o for o in batch.enrichments} and len(found) == 5
 
 
-def test_unreachable_db_spools_then_next_run_replays(control_plane_dsn: str, instance: DagsterInstance,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_db_spools_then_next_run_replays(
+    control_plane_dsn: str, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("GEMATRIA_DSN", f"postgresql://gemantria:{PASSWORD}@127.0.0.1:{free_port()}/control")
     reset_settings_cache()
     down = _run(instance)
@@ -194,6 +202,7 @@ def result_loaded(result: ExecuteInProcessResult) -> list[NounEnrichment]:
 
 # ---- one run for several partitions (a single-run backfill) ----
 
+
 @asset(partitions_def=PARTITIONS, io_manager_key=IO_KEY, backfill_policy=BackfillPolicy.single_run())
 def span_enrichments(context: AssetExecutionContext) -> EnrichmentBatch:
     batch = EnrichmentBatch()
@@ -217,18 +226,28 @@ def span_loaded(span_enrichments: list[NounEnrichment]) -> None:
 
 def test_one_run_for_two_partitions_files_each_outcome_under_its_partition(instance: DagsterInstance) -> None:
     resources = {IO_KEY: ControlPlaneIOManagerFactory()}
-    both = materialize([span_enrichments, span_loaded], resources=resources, instance=instance, tags={
-        "dagster/asset_partition_range_start": "א", "dagster/asset_partition_range_end": "ב"})
+    both = materialize(
+        [span_enrichments, span_loaded],
+        resources=resources,
+        instance=instance,
+        tags={"dagster/asset_partition_range_start": "א", "dagster/asset_partition_range_end": "ב"},
+    )
     _assert_clean(instance, both)
     assert span_seen[-1] == ["H99", "H0", "H1", "H10", "H11"]  # both partitions; the reused outcome once
-    one = materialize([span_enrichments, span_loaded], selection=[span_loaded], resources=resources,
-                      instance=instance, partition_key="ב")
+    one = materialize(
+        [span_enrichments, span_loaded],
+        selection=[span_loaded],
+        resources=resources,
+        instance=instance,
+        partition_key="ב",
+    )
     _assert_clean(instance, one)
     assert span_seen[-1] == ["H99", "H10", "H11"]  # only ב's own outcomes, plus the unattributed one
 
 
-def test_persist_batch_outside_an_io_manager(control_plane_dsn: str, instance: DagsterInstance,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_persist_batch_outside_an_io_manager(
+    control_plane_dsn: str, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
     batch = make_batch(3)
     where = persist_batch(batch, get_settings(), instance, run_id="not-a-uuid")
     assert where.startswith("control.agent_run")

@@ -5,8 +5,8 @@ from dagster import DagsterInstance, materialize
 
 from assets.hebrew_nouns import hebrew_nouns
 from assets.noun_gematria import noun_gematria
-from gemantria_dag.resources import build_resources
 from gemantria_dag.settings import get_settings
+from resources.build import build_resources
 
 
 def _run(instance: DagsterInstance):

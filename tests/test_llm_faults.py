@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from resources.llm.base import LLMBackend
+from gemantria_dag.llm.probe import lm_studio_health
+from gemantria_dag.llm.results import CompletionResult, ErrorCode
+from resources.llm.backend import LLMBackend
 from resources.llm.lm_studio import LMStudioResource
-from resources.llm.probe import lm_studio_health
-from resources.llm.results import CompletionResult, ErrorCode
 from tests.servers.fault_server import (
     FaultServer,
     Reply,
@@ -32,8 +32,8 @@ from tests.servers.fault_server import (
     model_crashed,
     model_not_found,
     no_models_loaded,
-    raw_reply,
     rate_limited,
+    raw_reply,
     server_error,
     sse,
     truncated,
@@ -46,8 +46,6 @@ MODEL = "qwen2.5-7b-instruct"
 SCHEMA = {"type": "object", "properties": {"gloss": {"type": "string"}}, "required": ["gloss"]}
 
 Caller = Callable[..., CompletionResult]
-
-
 
 
 _OPEN: list[LLMBackend] = []
@@ -89,8 +87,9 @@ FAULTS: list[tuple[str, Reply, ErrorCode]] = [
 
 
 @pytest.mark.parametrize(("reply", "code"), [f[1:] for f in FAULTS], ids=[f[0] for f in FAULTS])
-def test_completion_fault_becomes_an_error_code(fault_server: FaultServer, call: Caller, reply: Reply,
-                                                code: ErrorCode) -> None:
+def test_completion_fault_becomes_an_error_code(
+    fault_server: FaultServer, call: Caller, reply: Reply, code: ErrorCode
+) -> None:
     fault_server.script(CHAT, reply)
     result = call(lm_at(fault_server.base_url), "Define אב.", max_tokens=8)
     assert not result.ok and result.response is None
@@ -98,7 +97,8 @@ def test_completion_fault_becomes_an_error_code(fault_server: FaultServer, call:
     assert result.error.message
     assert result.metadata.attempts == 1 and result.metadata.backend == "lm_studio"
     assert result.metadata.requested_model == MODEL and result.metadata.latency_ms > 0
-    assert len(fault_server.requests_to(CHAT)) == 1
+    # A connection closed with no byte of an answer is sent again once, on a new connection.
+    assert len(fault_server.requests_to(CHAT)) == (2 if reply.action == "disconnect" else 1)
 
 
 def test_connection_refused(closed_port: int, call: Caller) -> None:
@@ -138,8 +138,9 @@ def test_stream_error_event(fault_server: FaultServer, call: Caller) -> None:
 
 
 def test_answer_from_another_model_is_recorded(fault_server: FaultServer, call: Caller) -> None:
-    fault_server.script(CHAT, json_reply(chat_completion("ok", model="llama-3.2-1b-instruct",
-                                                         prompt_tokens=9, completion_tokens=1)))
+    fault_server.script(
+        CHAT, json_reply(chat_completion("ok", model="llama-3.2-1b-instruct", prompt_tokens=9, completion_tokens=1))
+    )
     result = call(lm_at(fault_server.base_url), "hello")
     assert result.ok and result.response == "ok"
     meta = result.metadata
@@ -202,21 +203,35 @@ def test_pinned_form_never_falls_back(fault_server: FaultServer, call: Caller) -
 # ---------------------------------------------------------------- programming errors raise
 
 
-@pytest.mark.parametrize("kwargs", [
-    {},
-    {"prompt": "a", "messages": [{"role": "user", "content": "b"}]},
-    {"prompt": ""},
-    {"messages": []},
-    {"messages": [{"content": "no role"}]},
-    {"prompt": "a", "max_tokens": 0},
-    {"prompt": "a", "max_tokens": -5},
-    {"prompt": "a", "temperature": -0.1},
-    {"prompt": "a", "temperature": 2.5},
-    {"prompt": "a", "response_format": {"type": "yaml"}},
-    {"prompt": "a", "response_format": {"type": "json_schema"}},
-], ids=["neither", "both", "empty prompt", "no messages", "message without role", "max_tokens 0",
-        "negative max_tokens", "temperature below 0", "temperature above 2", "unknown format",
-        "json_schema without schema"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"prompt": "a", "messages": [{"role": "user", "content": "b"}]},
+        {"prompt": ""},
+        {"messages": []},
+        {"messages": [{"content": "no role"}]},
+        {"prompt": "a", "max_tokens": 0},
+        {"prompt": "a", "max_tokens": -5},
+        {"prompt": "a", "temperature": -0.1},
+        {"prompt": "a", "temperature": 2.5},
+        {"prompt": "a", "response_format": {"type": "yaml"}},
+        {"prompt": "a", "response_format": {"type": "json_schema"}},
+    ],
+    ids=[
+        "neither",
+        "both",
+        "empty prompt",
+        "no messages",
+        "message without role",
+        "max_tokens 0",
+        "negative max_tokens",
+        "temperature below 0",
+        "temperature above 2",
+        "unknown format",
+        "json_schema without schema",
+    ],
+)
 def test_bad_arguments_raise(closed_port: int, call: Caller, kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         call(lm_at(f"http://127.0.0.1:{closed_port}/v1"), **kwargs)
@@ -228,21 +243,22 @@ def test_bad_arguments_raise(closed_port: int, call: Caller, kwargs: dict[str, A
 # A loop that ends without aclose() cannot close its sockets any more: the collector does, with a
 # ResourceWarning. What must not happen is aiohttp's "Unclosed client session" error log.
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
-def test_clients_reopen_after_close_and_survive_event_loops(fault_server: FaultServer,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_clients_reopen_after_close_and_survive_event_loops(
+    fault_server: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
     fault_server.script(CHAT, json_reply(chat_completion("ok")))
     lm = lm_at(fault_server.base_url)
     assert lm.complete("a").ok
     lm.close()
-    assert lm._client is None
+    assert lm.pools.open_count == (0, 0)
     assert lm.complete("b").ok  # a new pooled client, lazily
     # Two event loops that end without aclose(): each gets its own client, the dead one is dropped.
     caplog.set_level(logging.DEBUG)
     assert asyncio.run(lm.acomplete("c")).ok
     assert asyncio.run(lm.acomplete("d")).ok
-    assert len(lm._aclients) == 1
+    assert lm.pools.open_count == (1, 1)
     lm.close()
-    assert lm._client is None and not lm._aclients
+    assert lm.pools.open_count == (0, 0)
     gc.collect()
     assert "Unclosed" not in caplog.text
 
@@ -341,12 +357,16 @@ def test_health_hung_server_is_an_error_within_budget(fault_server: FaultServer)
     assert [r.path for r in fault_server.requests] == ["/health", "/lmstudio-greeting", "/api/v1/models"]
 
 
-@pytest.mark.parametrize(("reply", "code"), [
-    (unauthorized(), ErrorCode.UNAUTHORIZED),
-    (raw_reply(b'{"data": [{"id": '), ErrorCode.BAD_RESPONSE),
-    (server_error(), ErrorCode.SERVER_ERROR),
-    (truncated({"data": [{"id": MODEL, "state": "loaded"}]}), ErrorCode.TRUNCATED),
-], ids=["401", "malformed", "500", "truncated"])
+@pytest.mark.parametrize(
+    ("reply", "code"),
+    [
+        (unauthorized(), ErrorCode.UNAUTHORIZED),
+        (raw_reply(b'{"data": [{"id": '), ErrorCode.BAD_RESPONSE),
+        (server_error(), ErrorCode.SERVER_ERROR),
+        (truncated({"data": [{"id": MODEL, "state": "loaded"}]}), ErrorCode.TRUNCATED),
+    ],
+    ids=["401", "malformed", "500", "truncated"],
+)
 def test_health_faults(fault_server: FaultServer, reply: Reply, code: ErrorCode) -> None:
     for route in ("GET /api/v1/models", "GET /api/v0/models", "GET /v1/models"):
         fault_server.script(route, reply)
@@ -363,8 +383,9 @@ def test_health_reads_the_body_not_the_status(fault_server: FaultServer) -> None
     assert h.mode == "error" and h.details.error and h.details.error.code == ErrorCode.BAD_RESPONSE
 
 
-def test_health_sends_the_token_and_never_a_completion(fault_server: FaultServer,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_health_sends_the_token_with_every_request_and_one_tiny_structured_check(
+    fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from gemantria_dag.settings import reset_settings_cache
 
     monkeypatch.setenv("LM_STUDIO_API_TOKEN", "lm-test-TOKEN-7777")
@@ -373,5 +394,8 @@ def test_health_sends_the_token_and_never_a_completion(fault_server: FaultServer
     lm = lm_at(fault_server.base_url)
     assert lm.health().ok
     lm.close()
-    assert fault_server.requests and all(r.method == "GET" for r in fault_server.requests)
-    assert fault_server.requests[0].headers["authorization"] == "Bearer lm-test-TOKEN-7777"
+    assert fault_server.requests
+    assert all(r.headers["authorization"] == "Bearer lm-test-TOKEN-7777" for r in fault_server.requests)
+    # Besides the GET probes, at most the structured-output check: one request of at most 24 tokens.
+    posts = [r for r in fault_server.requests if r.method == "POST"]
+    assert len(posts) <= 1 and all(r.json()["max_tokens"] <= 24 for r in posts)

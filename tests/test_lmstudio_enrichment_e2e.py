@@ -21,7 +21,9 @@ ON_LM_STUDIO = {"backend": "lm_studio", "routing_reasons": ["test"], "max_tokens
 
 @pytest.mark.timeout(300)
 def test_just_in_time_load_does_not_fail_the_first_call(
-    lexicon_instance: DagsterInstance, lmstudio_env: LMStudioEmulator, control_plane_dsn: str,
+    lexicon_instance: DagsterInstance,
+    lmstudio_env: LMStudioEmulator,
+    control_plane_dsn: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The load takes longer than a call may: only the separate load budget saves the first call.
@@ -32,8 +34,10 @@ def test_just_in_time_load_does_not_fail_the_first_call(
     assert result.success and metadata(result)["nouns_in_scope"] == 3
     assert lmstudio_env.stats()["jit_loads"] >= 1
     with psycopg.connect(control_plane_dsn) as conn:
-        rows = conn.execute("SELECT tool, (result_json->>'ok')::boolean, (result_json->>'latency_ms')::float "
-                            "FROM control.agent_run ORDER BY created_at").fetchall()
+        rows = conn.execute(
+            "SELECT tool, (result_json->>'ok')::boolean, (result_json->>'latency_ms')::float "
+            "FROM control.agent_run ORDER BY created_at"
+        ).fetchall()
     tool, ok, latency_ms = rows[0]
     # The first call waited out the whole load (longer than a call may take) and succeeded.
     assert tool == "lm_studio" and ok and latency_ms > 5_000
@@ -41,7 +45,9 @@ def test_just_in_time_load_does_not_fail_the_first_call(
 
 @pytest.mark.timeout(300)
 def test_substituted_model_is_recorded_and_counted(
-    lexicon_instance: DagsterInstance, lmstudio_env: LMStudioEmulator, control_plane_dsn: str,
+    lexicon_instance: DagsterInstance,
+    lmstudio_env: LMStudioEmulator,
+    control_plane_dsn: str,
 ) -> None:
     # Only another model is loaded: LM Studio answers with it whatever the request names.
     lmstudio_env.scenario("one_other_loaded")
@@ -53,10 +59,18 @@ def test_substituted_model_is_recorded_and_counted(
     for args, result_json, violations in rows:
         assert args["model"] == lmstudio_env.model
         assert result_json["substituted_model"] == lmstudio_env.other_model
-        assert {"code": "model_substituted", "requested": lmstudio_env.model,
-                "served": lmstudio_env.other_model} in violations
-    summary = subprocess.run([str(VENV_BIN / "pmagent"), "control", "summary", "--json"], env=cli_env(),
-                             capture_output=True, text=True, timeout=120)
+        assert {
+            "code": "model_substituted",
+            "requested": lmstudio_env.model,
+            "served": lmstudio_env.other_model,
+        } in violations
+    summary = subprocess.run(
+        [str(VENV_BIN / "pmagent"), "control", "summary", "--json"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert summary.returncode == 0, summary.stderr
     usage = json.loads(summary.stdout)["usage"]
     assert usage["substitution_count"] == len(rows)

@@ -28,8 +28,11 @@ USER_LM = {k: v for k, v in os.environ.items() if k.startswith("LM_STUDIO_")}
 
 pytestmark = [
     pytest.mark.lmstudio_smoke,
-    pytest.mark.skipif(not ENABLED, reason="opt-in: GEMANTRIA_SMOKE_LM_STUDIO=1 make smoke-lmstudio "
-                                           "(needs a real LM Studio with LM_STUDIO_MODEL loaded)"),
+    pytest.mark.skipif(
+        not ENABLED,
+        reason="opt-in: GEMANTRIA_SMOKE_LM_STUDIO=1 make smoke-lmstudio "
+        "(needs a real LM Studio with LM_STUDIO_MODEL loaded)",
+    ),
 ]
 
 
@@ -38,27 +41,29 @@ def lm_env() -> dict[str, str]:
     if not USER_LM.get("LM_STUDIO_MODEL"):
         pytest.fail("set LM_STUDIO_MODEL to the key of a model loaded in LM Studio (`lms ps`)", pytrace=False)
     state = Path(tempfile.mkdtemp(prefix="gmsmoke-", dir="/tmp"))
-    env = cli_env(**USER_LM, GEMATRIA_DSN="off", GEMANTRIA_STATE_DIR=str(state),
-                  DAGSTER_HOME=str(state / "dagster_home"))
+    env = cli_env(
+        **USER_LM, GEMATRIA_DSN="off", GEMANTRIA_STATE_DIR=str(state), DAGSTER_HOME=str(state / "dagster_home")
+    )
     (state / "dagster_home").mkdir()
     yield env
     shutil.rmtree(state, ignore_errors=True)
 
 
 def _run(env: dict[str, str], *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(VENV_BIN / args[0]), *args[1:]], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [str(VENV_BIN / args[0]), *args[1:]], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.timeout(900)
 def test_real_lm_studio(lm_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    model = lm_env["LM_STUDIO_MODEL"]
     health = _run(lm_env, "pmagent", "health", "lm", timeout=60)
     result = json.loads(health.stdout)
     details = result["details"]
     assert health.returncode == 0 and result["mode"] == "lm_ready", details["message"]
     assert details["server_kind"] in ("lm_studio", "lm_studio_legacy"), (
-        f"{details['base_url']} is not LM Studio ({details['server_kind']}): {details['message']}")
+        f"{details['base_url']} is not LM Studio ({details['server_kind']}): {details['message']}"
+    )
     assert details["model_loaded"] is True, details["message"]
 
     from gemantria_dag.settings import reset_settings_cache
@@ -77,8 +82,20 @@ def test_real_lm_studio(lm_env: dict[str, str], monkeypatch: pytest.MonkeyPatch)
     lexicon = _run(lm_env, "dagster", "job", "execute", "-m", "gemantria_dag.definitions", "-j", "gematria_job")
     assert lexicon.returncode == 0, (lexicon.stdout + lexicon.stderr)[-3000:]
     config = {"ops": {"noun_enrichments": {"config": {"limit": 1}}}}
-    enrich = _run(lm_env, "dagster", "asset", "materialize", "-m", "gemantria_dag.definitions",
-                  "--select", "noun_enrichments", "--partition", "vav", "--config-json", json.dumps(config))
+    enrich = _run(
+        lm_env,
+        "dagster",
+        "asset",
+        "materialize",
+        "-m",
+        "gemantria_dag.definitions",
+        "--select",
+        "noun_enrichments",
+        "--partition",
+        "vav",
+        "--config-json",
+        json.dumps(config),
+    )
     output = enrich.stdout + enrich.stderr
     assert enrich.returncode == 0 and "RUN_SUCCESS" in output, output[-3000:]
     assert "routing (run start): lm_studio" in output

@@ -21,8 +21,15 @@ from gemantria_dag.control_plane.records import (
 
 
 def _record(**args: object) -> AgentRunRecord:
-    call = {"model": "m", "prompt_length": 10, "temperature": 0.2, "max_tokens": 64, "routed_backend": "remote",
-            "backend": "remote", **args}
+    call = {
+        "model": "m",
+        "prompt_length": 10,
+        "temperature": 0.2,
+        "max_tokens": 64,
+        "routed_backend": "remote",
+        "backend": "remote",
+        **args,
+    }
     return AgentRunRecord(project_id=1, tool="remote_llm", args=CallArgs(**call), result=CallResult(ok=True))
 
 
@@ -45,7 +52,7 @@ def test_a_forked_child_never_reuses_its_parents_ids() -> None:
     child = os.read(read, 16 * 8)
     os.close(read)
     os.close(write)
-    child_ids = {UUID(bytes=child[i:i + 16]) for i in range(0, len(child), 16)}
+    child_ids = {UUID(bytes=child[i : i + 16]) for i in range(0, len(child), 16)}
     parent_ids = {new_record_id() for _ in range(8)}
     assert len(child_ids) == 8 and not child_ids & parent_ids
 
@@ -56,9 +63,16 @@ def test_records_validate_and_round_trip_through_json() -> None:
     with pytest.raises(ValidationError):
         _record(purpose="chat")
     record = _record(strong_id="H1", partition="alef")
-    outcome = NounEnrichment(strong_id="H1", model="m", prompt_version="v1", params_hash="p", backend="remote",
-                             ok=True, insight=NounInsight(insight="x", themes=["t"], confidence=0.5),
-                             record_id=record.id)
+    outcome = NounEnrichment(
+        strong_id="H1",
+        model="m",
+        prompt_version="v1",
+        params_hash="p",
+        backend="remote",
+        ok=True,
+        insight=NounInsight(insight="x", themes=["t"], confidence=0.5),
+        record_id=record.id,
+    )
     batch = EnrichmentBatch(records=[record], enrichments=[outcome])
     again = EnrichmentBatch.model_validate_json(batch.model_dump_json())
     assert again.records == [record] and again.enrichments == [outcome]

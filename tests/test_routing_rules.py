@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import pytest
 
+from gemantria_dag.llm.results import ErrorCode, HealthDetails, HealthResult, LLMError
 from gemantria_dag.routing.decision import select_backend
 from gemantria_dag.settings import Settings, load_settings
-from resources.llm.results import ErrorCode, HealthDetails, HealthResult, LLMError
 
 MODEL = "smollm2-135m"
 
 
-def lm(mode: str = "lm_ready", *, models: tuple[str, ...] = (MODEL,), loaded: bool | None = True,
-       latency_ms: float = 20.0) -> HealthResult:
+def lm(
+    mode: str = "lm_ready", *, models: tuple[str, ...] = (MODEL,), loaded: bool | None = True, latency_ms: float = 20.0
+) -> HealthResult:
     ok = mode == "lm_ready"
     err = None if ok else LLMError(code=ErrorCode.CONNECTION_REFUSED, message="connection refused")
-    return HealthResult(ok=ok, mode=mode, details=HealthDetails(
-        model=MODEL, available_models=list(models), model_present=MODEL in models, model_loaded=loaded,
-        latency_ms=latency_ms, error=err))
+    return HealthResult(
+        ok=ok,
+        mode=mode,
+        details=HealthDetails(
+            model=MODEL,
+            available_models=list(models),
+            model_present=MODEL in models,
+            model_loaded=loaded,
+            latency_ms=latency_ms,
+            error=err,
+        ),
+    )
 
 
 def remote(mode: str = "remote_ready") -> HealthResult:
@@ -27,8 +37,11 @@ def remote(mode: str = "remote_ready") -> HealthResult:
 
 
 def settings(**kw: object) -> Settings:
-    base: dict[str, object] = {"lm_studio_model": MODEL, "remote_llm_base_url": "http://127.0.0.1:9/v1",
-                               "remote_llm_model": "gpt-x"}
+    base: dict[str, object] = {
+        "lm_studio_model": MODEL,
+        "remote_llm_base_url": "http://127.0.0.1:9/v1",
+        "remote_llm_model": "gpt-x",
+    }
     base.update(kw)
     return load_settings(**base)
 
@@ -51,10 +64,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("lm_health", "remote_health", "overrides", "backend", "reason"),
-                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_select_backend(lm_health: HealthResult, remote_health: HealthResult | None, overrides: dict,
-                        backend: str, reason: str) -> None:
+@pytest.mark.parametrize(
+    ("lm_health", "remote_health", "overrides", "backend", "reason"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_select_backend(
+    lm_health: HealthResult, remote_health: HealthResult | None, overrides: dict, backend: str, reason: str
+) -> None:
     decision = select_backend(lm_health, remote_health, settings(**overrides))
     assert decision.backend == backend
     assert any(reason in r for r in decision.reasons), decision.reasons

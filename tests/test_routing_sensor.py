@@ -8,10 +8,10 @@ import time
 import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context
 
-from gemantria_dag.resources import build_resources
-from gemantria_dag.routing.tags import BACKEND_TAG
-from gemantria_dag.sensors.lm_routing_sensor import lm_routing_sensor
+from assets.lm_routing_sensor import lm_routing_sensor
+from gemantria_dag.names import BACKEND_TAG
 from gemantria_dag.settings import get_settings, reset_settings_cache
+from resources.build import build_resources
 from tests.fixtures.enrichment import enrich, metadata
 from tests.fixtures.llm import LlamaServer
 from tests.fixtures.remote_server import FakeRemote
@@ -24,8 +24,9 @@ PROBES = ("GET /health", "GET /lmstudio-greeting", "GET /api/v1/models", "GET /a
 def tick(instance: DagsterInstance, cursor: str | None = None) -> SensorResult:
     reset_settings_cache()
     resources = build_resources(get_settings())
-    with build_sensor_context(instance=instance, cursor=cursor,
-                              resources={k: resources[k] for k in ("lm_studio", "remote_llm")}) as context:
+    with build_sensor_context(
+        instance=instance, cursor=cursor, resources={k: resources[k] for k in ("lm_studio", "remote")}
+    ) as context:
         result = lm_routing_sensor(context)
     assert isinstance(result, SensorResult)
     return result
@@ -47,14 +48,16 @@ def test_lm_studio_up_launches_runs_tagged_lm_studio_whose_config_runs(
         config = request.run_config["ops"]["noun_enrichments"]["config"]
         assert config["backend"] == "lm_studio" and config["decided_by"] == "lm_routing_sensor"
     # The sensor's run config is valid for the job: run it (on the 3-noun partition, few tokens).
-    config = dict(requests[0].run_config["ops"]["noun_enrichments"]["config"], max_tokens=48,
-                  progress_interval_seconds=1)
+    config = dict(
+        requests[0].run_config["ops"]["noun_enrichments"]["config"], max_tokens=48, progress_interval_seconds=1
+    )
     run = enrich(lexicon_instance, "vav", run_config={"ops": {"noun_enrichments": {"config": config}}})
     assert metadata(run)["routed_backend"] == "lm_studio"
 
 
-def test_lm_studio_down_routes_runs_to_remote(lexicon_instance: DagsterInstance, lm_down: None,
-                                              remote_env: FakeRemote) -> None:
+def test_lm_studio_down_routes_runs_to_remote(
+    lexicon_instance: DagsterInstance, lm_down: None, remote_env: FakeRemote
+) -> None:
     result = tick(lexicon_instance)
     assert decision(result)["backend"] == "remote"
     assert result.run_requests and all(r.tags[BACKEND_TAG] == "remote" for r in result.run_requests)
@@ -68,8 +71,9 @@ def test_both_down_launches_nothing_and_says_why(lexicon_instance: DagsterInstan
     assert "no LLM backend available" in reason and "lm_off" in reason and "remote LLM not configured" in reason
 
 
-def test_decision_changes_are_visible_in_the_tick(lexicon_instance: DagsterInstance, lm_env: LlamaServer,
-                                                  remote_env: FakeRemote, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_decision_changes_are_visible_in_the_tick(
+    lexicon_instance: DagsterInstance, lm_env: LlamaServer, remote_env: FakeRemote, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = tick(lexicon_instance)
     assert decision(first)["backend"] == "lm_studio"
     monkeypatch.setenv("LM_STUDIO_BASE_URL", "http://127.0.0.1:9/v1")  # LM Studio goes away
@@ -93,8 +97,12 @@ def test_no_gematria_yet_skips_with_the_fix(lm_env: LlamaServer) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_hung_lm_studio_cannot_stall_a_tick(lexicon_instance: DagsterInstance, remote_env: FakeRemote,
-                                             fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hung_lm_studio_cannot_stall_a_tick(
+    lexicon_instance: DagsterInstance,
+    remote_env: FakeRemote,
+    fault_server: FaultServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     for probe in PROBES:
         fault_server.script(probe, hang())
     monkeypatch.setenv("LM_STUDIO_BASE_URL", fault_server.base_url)

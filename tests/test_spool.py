@@ -201,9 +201,9 @@ def test_postgres_killed_mid_run_loses_nothing_and_duplicates_nothing(dedicated_
             killed_after.append(index)
 
     writer = ControlPlaneWriter(target_for(uri), spool, batch_size=100, after_commit=kill_after_third_commit)
-    before = make_batch(250, start=0)            # written while the server is up (3 transactions)
-    during = make_batch(1_000, start=250)        # the server dies after its 3rd transaction
-    after = make_batch(400, start=1_250)         # the server is down for the whole write
+    before = make_batch(250, start=0)  # written while the server is up (3 transactions)
+    during = make_batch(1_000, start=250)  # the server dies after its 3rd transaction
+    after = make_batch(400, start=1_250)  # the server is down for the whole write
     first = ControlPlaneWriter(target_for(uri), spool, batch_size=100).write(before, session_id=run_id)
     second = writer.write(during, session_id=run_id)
     third = writer.write(after, session_id=run_id)
@@ -218,12 +218,20 @@ def test_postgres_killed_mid_run_loses_nothing_and_duplicates_nothing(dedicated_
         psycopg.connect(uri, connect_timeout=2).close()
 
     # A batch whose commit happened although the writer never heard back is spooled too: simulate one.
-    spool.append(PendingBatch(reason="unknown commit outcome", records=during.records[200:300],
-                              enrichments=during.enrichments[200:300]))
+    spool.append(
+        PendingBatch(
+            reason="unknown commit outcome", records=during.records[200:300], enrichments=during.enrichments[200:300]
+        )
+    )
 
     uri = _start_server(dedicated_pg)  # crash recovery; committed rows survive
-    flush = subprocess.run([str(VENV_BIN / "pmagent"), "control", "flush"], env=cli_env(GEMATRIA_DSN=uri),
-                           capture_output=True, text=True, timeout=120)
+    flush = subprocess.run(
+        [str(VENV_BIN / "pmagent"), "control", "flush"],
+        env=cli_env(GEMATRIA_DSN=uri),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert flush.returncode == 0, flush.stderr
     replay = json.loads(flush.stdout)
     assert (replay["error"], replay["files_left"], replay["files_replayed"]) == (None, 0, 7 + 4 + 1)

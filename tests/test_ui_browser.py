@@ -33,9 +33,9 @@ PARTITION = "vav"  # 3 nouns: the smallest letter
 
 # ---------------------------------------------------------------- GraphQL helpers (waiting, not checking)
 
+
 def _runs(stack: UIStack) -> list[dict[str, Any]]:
-    data = stack.graphql("{ runsOrError { ... on Runs { results { runId status jobName "
-                         "tags { key value } } } } }")
+    data = stack.graphql("{ runsOrError { ... on Runs { results { runId status jobName tags { key value } } } } }")
     return data["runsOrError"]["results"]
 
 
@@ -56,8 +56,10 @@ def _wait_run_done(stack: UIStack, run_id: str, timeout_s: float) -> str:
 
 
 def _sensor_state(stack: UIStack) -> dict[str, Any]:
-    data = stack.graphql("{ repositoriesOrError { ... on RepositoryConnection { nodes { sensors { name "
-                         "sensorState { status ticks(limit: 5) { status skipReason runIds } } } } } } }")
+    data = stack.graphql(
+        "{ repositoriesOrError { ... on RepositoryConnection { nodes { sensors { name "
+        "sensorState { status ticks(limit: 5) { status skipReason runIds } } } } } } }"
+    )
     sensors = [s for repo in data["repositoriesOrError"]["nodes"] for s in repo["sensors"]]
     return next(s["sensorState"] for s in sensors if s["name"] == "lm_routing_sensor")
 
@@ -74,6 +76,7 @@ def _wait(check, timeout_s: float, what: str, stack: UIStack):  # noqa: ANN001, 
 
 # ---------------------------------------------------------------- UI steps
 
+
 def _launched_run_id(page: Any, stack: UIStack) -> str:
     """The run a launch button started, from the toast "Launched run <id8>"."""
     toast = page.get_by_text(re.compile(r"Launched run [0-9a-f]{8}"))
@@ -85,6 +88,7 @@ def _launched_run_id(page: Any, stack: UIStack) -> str:
 def _set_sensor(page: Any, stack: UIStack, running: bool) -> None:
     """Flip the sensor's switch on its page (the input is hidden behind its label)."""
     from playwright.sync_api import expect  # imported where used: the fixture reports a missing playwright
+
     page.goto(stack.url + SENSOR_PAGE)
     page.get_by_text("Latest tick").wait_for()
     switch = page.get_by_role("checkbox")
@@ -177,8 +181,9 @@ def test_ui_in_a_real_browser(ui_stack: UIStack, ui_page: Any) -> None:
 
     # Its LLM calls are in the control plane (the run's Postgres), all on LM Studio = SmolLM2.
     with psycopg.connect(stack.dsn) as conn:
-        calls = conn.execute("SELECT tool, args_json->>'model' FROM control.agent_run "
-                             "WHERE args_json->>'run_id' = %s", (enrich_run,)).fetchall()
+        calls = conn.execute(
+            "SELECT tool, args_json->>'model' FROM control.agent_run WHERE args_json->>'run_id' = %s", (enrich_run,)
+        ).fetchall()
     assert len(calls) >= 3 and {tuple(c) for c in calls} == {("lm_studio", stack.llama.model)}
 
     # A run launched by hand gets the routing decision as its backend tag at run start.
@@ -187,8 +192,12 @@ def test_ui_in_a_real_browser(ui_stack: UIStack, ui_page: Any) -> None:
     # 5. The sensor again: started from the UI, it launches the next pending partition with the tag.
     before = {r for t in _sensor_state(stack)["ticks"] for r in t["runIds"]}
     _set_sensor(page, stack, running=True)
-    launched = _wait(lambda: [r for t in _sensor_state(stack)["ticks"] for r in t["runIds"] if r not in before],
-                     60, "a run launched by the sensor", stack)
+    launched = _wait(
+        lambda: [r for t in _sensor_state(stack)["ticks"] for r in t["runIds"] if r not in before],
+        60,
+        "a run launched by the sensor",
+        stack,
+    )
     _set_sensor(page, stack, running=False)
     page.goto(stack.url + SENSOR_PAGE)
     page.get_by_text(re.compile(r"[1-9]\d* runs? requested")).first.wait_for()

@@ -52,8 +52,11 @@ def _database(settings: Settings) -> Iterator[tuple[dict[str, Any], psycopg.Conn
     """Header fields, an open connection (None when off/unreachable) and a writer for the spool."""
     target = resolve_database(settings)  # probes a configured DSN; starts the embedded server by default
     writer = ControlPlaneWriter(target, Spool(settings.spool_dir))
-    header: dict[str, Any] = {"configured": target.configured, "where": target.display,
-                              "project_id": settings.gemantria_project_id}
+    header: dict[str, Any] = {
+        "configured": target.configured,
+        "where": target.display,
+        "project_id": settings.gemantria_project_id,
+    }
     conn: psycopg.Connection | None = None
     if target.on:
         try:
@@ -129,8 +132,17 @@ def pipeline_status_command(window: str = WINDOW_OPTION, as_json: bool = JSON_OP
     _print_kv(console, "live", payload["live"])
 
 
-_STATS_ROWS = ("calls", "failure_rate", "calls_per_hour", "latency_ms_p50", "latency_ms_p95",
-               "prompt_tokens", "completion_tokens", "fallback_count", "substitution_count")
+_STATS_ROWS = (
+    "calls",
+    "failure_rate",
+    "calls_per_hour",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "prompt_tokens",
+    "completion_tokens",
+    "fallback_count",
+    "substitution_count",
+)
 
 
 @app.command("summary")
@@ -148,8 +160,16 @@ def summary_command(window: str = WINDOW_OPTION, as_json: bool = JSON_OPTION) ->
                 _off(payload, writer, exc)
         payload["live"] = _live(settings)
         spool = writer.spool.summary() if writer.spool is not None else None
-        payload["spool"] = {"pending_records": spool.records, "pending_outcomes": spool.enrichments,
-                            "pending_files": spool.files, "folder": spool.folder} if spool else None
+        payload["spool"] = (
+            {
+                "pending_records": spool.records,
+                "pending_outcomes": spool.enrichments,
+                "pending_files": spool.files,
+                "folder": spool.folder,
+            }
+            if spool
+            else None
+        )
     if as_json:
         print_json(payload)
         return

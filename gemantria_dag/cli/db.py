@@ -17,8 +17,14 @@ def status() -> None:
     """Which database the project uses (starting the embedded one if it is the default)."""
     with fail_on_settings_error() as settings:
         target = resolve_database(settings)
-    print_json({"configured": target.configured, "db": "on" if target.on else "off",
-                "where": target.display, "reason": target.reason})
+    print_json(
+        {
+            "configured": target.configured,
+            "db": "on" if target.on else "off",
+            "where": target.display,
+            "reason": target.reason,
+        }
+    )
 
 
 @app.command("start")

@@ -9,16 +9,12 @@ from __future__ import annotations
 import typer
 
 from gemantria_dag.cli.output import fail_on_settings_error, print_json
-from resources.llm.probe import lm_studio_health, remote_health
-from resources.llm.results import HealthResult
+from gemantria_dag.llm.health import LMStudioHealthCheck, RemoteHealthCheck
+from gemantria_dag.llm.results import HealthResult
 
 app = typer.Typer(help="Health of the LLM backends (never spends a completion).", no_args_is_help=True)
 
 PRETTY = typer.Option(False, "--pretty", help="A readable table instead of JSON.")
-
-
-def _secret(value: object) -> str | None:
-    return value.get_secret_value() if value is not None else None  # type: ignore[attr-defined]
 
 
 def _emit(result: HealthResult, pretty: bool) -> None:
@@ -45,21 +41,30 @@ def _print_table(result: HealthResult) -> None:
     table = Table(title=f"[{style}]{result.mode}[/{style}]", show_header=False, title_justify="left")
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
-    models = ", ".join(d.available_models[:20]) + (f" (+{len(d.available_models) - 20} more)"
-                                                     if len(d.available_models) > 20 else "")
+    models = ", ".join(d.available_models[:20]) + (
+        f" (+{len(d.available_models) - 20} more)" if len(d.available_models) > 20 else ""
+    )
     # A model's state is only shown when a listing answered (not when, say, the token was refused).
     listed = bool(d.model) and (bool(d.available_models) or d.model_present is not None)
-    probes = "\n".join(f"{s.endpoint} -> {s.status if s.status is not None else 'no answer'}: {s.outcome}"
-                       for s in d.probes)
+    probes = "\n".join(
+        f"{s.endpoint} -> {s.status if s.status is not None else 'no answer'}: {s.outcome}" for s in d.probes
+    )
     rows: list[tuple[str, object]] = [
-        ("ok", result.ok), ("base URL", d.base_url), ("provider", d.provider), ("model", d.model),
-        ("server kind", _KINDS.get(d.server_kind or "", d.server_kind)), ("identified by", d.identified_by),
+        ("ok", result.ok),
+        ("base URL", d.base_url),
+        ("provider", d.provider),
+        ("model", d.model),
+        ("server kind", _KINDS.get(d.server_kind or "", d.server_kind)),
+        ("identified by", d.identified_by),
         ("available models", models or None),
         ("loaded models", None if d.loaded_models is None else (", ".join(d.loaded_models) or "none")),
         ("model present", _tri(d.model_present, listed)),
         ("model loaded", _tri(d.model_loaded, listed and d.server_kind)),
-        ("probe", d.probe), ("probes", probes or None), ("latency", f"{d.latency_ms:.0f} ms"),
-        ("error", d.error.code.value if d.error else None), ("fix", d.error.fix if d.error else None),
+        ("probe", d.probe),
+        ("probes", probes or None),
+        ("latency", f"{d.latency_ms:.0f} ms"),
+        ("error", d.error.code.value if d.error else None),
+        ("fix", d.error.fix if d.error else None),
         ("summary", d.message),
     ]
     for name, value in rows:
@@ -79,25 +84,13 @@ def _tri(value: bool | None, relevant: object) -> str | None:
 def lm(pretty: bool = PRETTY) -> None:
     """LM Studio: lm_ready | lm_off | error, with the server kind, the probes asked and the fix."""
     with fail_on_settings_error() as settings:
-        result = lm_studio_health(base_url=settings.lm_studio_base_url, model=settings.lm_studio_model,
-                                  api_token=_secret(settings.lm_studio_api_token),
-                                  health_endpoint=settings.lm_studio_health_endpoint)
-        if not settings.use_lm_studio:
-            result = _routing_disabled(result)
+        result = LMStudioHealthCheck.from_settings(settings).health()
     _emit(result, pretty)
-
-
-def _routing_disabled(result: HealthResult) -> HealthResult:
-    """The server's health stays what it is (useful while setting LM Studio up), but say that routing skips it."""
-    note = "USE_LM_STUDIO=0: routing sends no calls to LM Studio whatever its health (set USE_LM_STUDIO=1 to allow it)."
-    message = f"{result.details.message} {note}" if result.details.message else note
-    return result.model_copy(update={"details": result.details.model_copy(update={"message": message})})
 
 
 @app.command("remote")
 def remote(pretty: bool = PRETTY) -> None:
     """The remote OpenAI-compatible API: remote_ready | remote_off | error."""
     with fail_on_settings_error() as settings:
-        result = remote_health(base_url=settings.remote_llm_base_url, model=settings.remote_llm_model,
-                               api_key=_secret(settings.remote_llm_api_key), provider=settings.remote_llm_provider)
+        result = RemoteHealthCheck.from_settings(settings).health()
     _emit(result, pretty)

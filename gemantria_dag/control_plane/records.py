@@ -23,8 +23,6 @@ from uuid import UUID
 from pydantic import BaseModel, Field, TypeAdapter
 from pydantic.dataclasses import dataclass
 
-TOOL_LM_STUDIO = "lm_studio"
-
 
 class _RandomIds:
     """Random (version 4) uuids from the OS's generator, read 256 at a time.
@@ -52,7 +50,7 @@ class _RandomIds:
                 self._pool, self._next = os.urandom(16 * self._BATCH), 0
             start = self._next
             self._next = start + 16
-            return UUID(bytes=self._pool[start:start + 16], version=4)
+            return UUID(bytes=self._pool[start : start + 16], version=4)
 
 
 new_record_id = _RandomIds()

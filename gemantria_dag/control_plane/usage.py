@@ -102,11 +102,10 @@ def pipeline_status(
 ) -> list[ToolStatus]:
     """Per tool, success/failure counts and the last call; `expected_tools` appear even without calls."""
     found = {
-        tool: ToolStatus(tool=tool, success=success, failure=failure, last_run_at=last,
-                         last_status="ok" if last_ok else "failed")
-        for tool, success, failure, last, last_ok in conn.execute(
-            _STATUS, {"project_id": project_id, "window": window}
+        tool: ToolStatus(
+            tool=tool, success=success, failure=failure, last_run_at=last, last_status="ok" if last_ok else "failed"
         )
+        for tool, success, failure, last, last_ok in conn.execute(_STATUS, {"project_id": project_id, "window": window})
     }
     for tool in expected_tools:
         found.setdefault(tool, ToolStatus(tool=tool))
@@ -125,12 +124,18 @@ def usage_summary(conn: psycopg.Connection, project_id: int, window: timedelta) 
         _SUMMARY, {"project_id": project_id, "window": window}
     ):
         stats = UsageStats(
-            calls=calls, ok=calls - failed, failed=failed,
+            calls=calls,
+            ok=calls - failed,
+            failed=failed,
             failure_rate=round(failed / calls, 4) if calls else None,
             calls_per_hour=round(calls / hours, 3) if hours else 0.0,
-            latency_ms_p50=_ms(p50), latency_ms_p95=_ms(p95),
-            prompt_tokens=ptok, completion_tokens=ctok, total_tokens=ptok + ctok,
-            fallback_count=fallbacks, substitution_count=subs,
+            latency_ms_p50=_ms(p50),
+            latency_ms_p95=_ms(p95),
+            prompt_tokens=ptok,
+            completion_tokens=ctok,
+            total_tokens=ptok + ctok,
+            fallback_count=fallbacks,
+            substitution_count=subs,
         )
         if is_total:
             total = stats

@@ -281,8 +281,10 @@ class ControlPlaneWriter:
             raise RuntimeError(f"control-plane write failed and no spool is configured: {reason}")
         for chunk in chunks[start:]:
             # The spool keeps complete records: fill the session id now, replay has no run context.
-            records = [r if r.session_id is not None else r.model_copy(update={"session_id": session_id})
-                       for r in chunk.records]
+            records = [
+                r if r.session_id is not None else r.model_copy(update={"session_id": session_id})
+                for r in chunk.records
+            ]
             self.spool.append(PendingBatch(reason=reason, records=records, enrichments=list(chunk.enrichments)))
             report.batches_spooled += 1
             report.records_spooled += len(records)

@@ -1,6 +1,7 @@
-"""Which control-plane database this process uses: embedded, a configured DSN, or none (DB-off).
+"""Where the control-plane database is: embedded, a configured DSN, or none (DB-off).
 
-This is the one place that decides it; the IO-manager choice and `pmagent` build on it.
+Whether it is on is decided once, by `Settings.db_mode` (from GEMATRIA_DSN); this module finds the
+server for that mode. The IO managers, Dagster's instance config and `pmagent` all ask `db_mode`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from gemantria_dag.db.embedded import EmbeddedPostgresError, start_embedded_post
 from gemantria_dag.settings import Settings
 
 DbMode = Literal["embedded", "dsn", "off"]
+OFF_REASON = "GEMATRIA_DSN=off"
 
 
 class DatabaseTarget(BaseModel):
@@ -68,9 +70,14 @@ def _reachable(conninfo: str) -> str | None:
 
 
 def resolve_database(settings: Settings, *, check: bool = True) -> DatabaseTarget:
+    """The control plane for `settings.db_mode`: off; the embedded server (started when not running, in
+    `settings.embedded_pgdata`); or GEMATRIA_DSN, tried with one connection unless `check` is False.
+
+    Never raises for a server that is down: the target is then `on=False` with the reason (no password in it).
+    """
     mode = settings.db_mode
     if mode == "off":
-        return DatabaseTarget(configured="off", on=False, reason="GEMATRIA_DSN=off", display="off")
+        return DatabaseTarget(configured="off", on=False, reason=OFF_REASON, display="off")
     if mode == "embedded":
         try:
             uri = start_embedded_postgres(settings.embedded_pgdata)

@@ -10,9 +10,28 @@ from __future__ import annotations
 from dagster import StaticPartitionsDefinition
 
 LETTER_NAMES: dict[str, str] = {
-    "א": "alef", "ב": "bet", "ג": "gimel", "ד": "dalet", "ה": "he", "ו": "vav", "ז": "zayin",
-    "ח": "het", "ט": "tet", "י": "yod", "כ": "kaf", "ל": "lamed", "מ": "mem", "נ": "nun",
-    "ס": "samekh", "ע": "ayin", "פ": "pe", "צ": "tsadi", "ק": "qof", "ר": "resh", "ש": "shin", "ת": "tav",
+    "א": "alef",
+    "ב": "bet",
+    "ג": "gimel",
+    "ד": "dalet",
+    "ה": "he",
+    "ו": "vav",
+    "ז": "zayin",
+    "ח": "het",
+    "ט": "tet",
+    "י": "yod",
+    "כ": "kaf",
+    "ל": "lamed",
+    "מ": "mem",
+    "נ": "nun",
+    "ס": "samekh",
+    "ע": "ayin",
+    "פ": "pe",
+    "צ": "tsadi",
+    "ק": "qof",
+    "ר": "resh",
+    "ש": "shin",
+    "ת": "tav",
 }
 LETTER_BY_NAME = {name: letter for letter, name in LETTER_NAMES.items()}
 

@@ -6,17 +6,17 @@ from typing import Any
 
 import pandas as pd
 
-from gemantria_dag.control_plane.records import TOOL_LM_STUDIO
 from gemantria_dag.enrichment.partitions import LETTER_BY_NAME, LETTER_NAMES
+from gemantria_dag.names import LM_STUDIO, REMOTE, TOOL_LM_STUDIO
 from gemantria_dag.routing.circuit_breaker import CircuitBreaker
 from gemantria_dag.routing.decision import RoutingDecision
-from gemantria_dag.routing.failover import FailoverRouter, Route
+from gemantria_dag.routing.failover import Completer, FailoverRouter, Route
 from gemantria_dag.settings import Settings
-from resources.llm.lm_studio import LMStudioResource
-from resources.llm.remote import RemoteLLMResource
 
 
 def nouns_for_partitions(noun_gematria: pd.DataFrame, partitions: list[str]) -> list[dict[str, Any]]:
+    """The rows of `noun_gematria` whose first letter is one of `partitions` (letter names), each with its
+    `partition` added; raises KeyError for an unknown partition name."""
     letters = {LETTER_BY_NAME[p] for p in partitions}
     frame = noun_gematria[noun_gematria["first_letter"].isin(letters)]
     nouns = frame.to_dict("records")
@@ -27,23 +27,31 @@ def nouns_for_partitions(noun_gematria: pd.DataFrame, partitions: list[str]) -> 
 
 def tool_by_route(settings: Settings) -> dict[str, str]:
     """The control plane's `tool` name of each route: `lm_studio`, or the remote provider's id."""
-    return {"lm_studio": TOOL_LM_STUDIO, "remote": settings.remote_llm_provider}
+    return {LM_STUDIO: TOOL_LM_STUDIO, REMOTE: settings.remote_llm_provider}
 
 
-def build_router(decision: RoutingDecision, lm_studio: LMStudioResource, remote: RemoteLLMResource,
-                 settings: Settings, lm_concurrency: int | None, remote_concurrency: int | None,
-                 cooldown_s: float) -> FailoverRouter:
-    def breaker() -> CircuitBreaker:
-        return CircuitBreaker(settings.llm_failover_threshold, cooldown_s)
+def build_router(
+    decision: RoutingDecision,
+    backends: dict[str, Completer],
+    settings: Settings,
+    concurrency: dict[str, int | None],
+    cooldown_s: float,
+) -> FailoverRouter:
+    """The run's router: the decision's backend and model first, its fallback (if any) behind it.
 
-    lm_route = Route("lm_studio", lm_studio, settings.lm_studio_model,
-                     lm_concurrency or settings.lm_studio_max_concurrency, breaker())
-    remote_route = Route("remote", remote, settings.remote_llm_model,
-                         remote_concurrency or settings.remote_llm_max_concurrency, breaker())
-    # The run's concurrency, not the resource's default pool size, decides the calls in flight.
-    lm_studio.ensure_pool_size(lm_route.concurrency)
-    remote.ensure_pool_size(remote_route.concurrency)
-    if decision.backend == "lm_studio":
-        # RFC-080's fallback: the remote API, when one is configured.
-        return FailoverRouter(lm_route, remote_route if settings.remote_configured else None)
-    return FailoverRouter(remote_route, None)
+    `backends` maps route names to completers; `concurrency` maps them to the run's override (None:
+    the backend's `*_MAX_CONCURRENCY` setting). Raises ValueError for a decision with no backend.
+    """
+    if decision.backend not in (LM_STUDIO, REMOTE):
+        raise ValueError(f"no route to build for backend {decision.backend!r}")
+    defaults = {LM_STUDIO: settings.lm_studio_max_concurrency, REMOTE: settings.remote_llm_max_concurrency}
+
+    def route(name: str, model: str | None) -> Route:
+        calls = concurrency.get(name) or defaults[name]
+        # The run's concurrency, not the resource's default pool size, decides the calls in flight.
+        backends[name].ensure_pool_size(calls)
+        return Route(name, backends[name], model, calls, CircuitBreaker(settings.llm_failover_threshold, cooldown_s))
+
+    primary = route(decision.backend, decision.model)
+    fallback = route(decision.fallback, decision.fallback_model) if decision.fallback else None
+    return FailoverRouter(primary, fallback)

@@ -22,7 +22,7 @@ def noun_prompt(noun: dict[str, Any]) -> str:
     gender = noun.get("gender") or "unspecified gender"
     return (
         f"Hebrew noun {noun['lemma']} ({noun['transliteration']}, Strong's {noun['strong_id']}, {gender}, "
-        f"language {noun['language']}), meaning \"{noun['gloss']}\", gematria {noun['gematria']}. "
+        f'language {noun["language"]}), meaning "{noun["gloss"]}", gematria {noun["gematria"]}. '
         "Give a short theological or lexical insight about this noun."
     )
 
@@ -35,7 +35,10 @@ def repair_messages(original: list[dict[str, str]], bad_reply: str, problem: str
     return [
         *original,
         {"role": "assistant", "content": bad_reply[:2000]},
-        {"role": "user", "content": f"That reply is not valid ({problem[:300]}). Reply again with only the corrected JSON object."},
+        {
+            "role": "user",
+            "content": f"That reply is not valid ({problem[:300]}). Reply again with only the corrected JSON object.",
+        },
     ]
 
 
@@ -49,7 +52,10 @@ def insight_json_schema() -> dict[str, Any]:
 
 def response_format() -> dict[str, Any]:
     """OpenAI/LM Studio form; the backends convert it for servers that want `json_object`."""
-    return {"type": "json_schema", "json_schema": {"name": "noun_insight", "strict": True, "schema": insight_json_schema()}}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "noun_insight", "strict": True, "schema": insight_json_schema()},
+    }
 
 
 def params_hash(*, temperature: float, max_tokens: int) -> str:

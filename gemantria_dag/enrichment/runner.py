@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,8 +21,8 @@ from gemantria_dag.control_plane.records import (
 from gemantria_dag.enrichment.parse import parse_insight
 from gemantria_dag.enrichment.progress import Progress
 from gemantria_dag.enrichment.prompt import build_messages, repair_messages
+from gemantria_dag.llm.results import CompletionResult, ErrorCode
 from gemantria_dag.routing.failover import AllBackendsDown, Attempt, FailoverRouter
-from resources.llm.results import CompletionResult
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,15 @@ class RunInfo:
     tool_by_route: dict[str, str]
 
 
-def _record(info: RunInfo, noun: dict[str, Any], attempt: Attempt, prompt_length: int, purpose: str,
-            violations: list[dict[str, Any]], session_id: UUID | None) -> AgentRunRecord:
+def _record(
+    info: RunInfo,
+    noun: dict[str, Any],
+    attempt: Attempt,
+    prompt_length: int,
+    purpose: str,
+    violations: list[dict[str, Any]],
+    session_id: UUID | None,
+) -> AgentRunRecord:
     result: CompletionResult = attempt.result
     meta = result.metadata
     substituted = meta.model if meta.model_substituted else None
@@ -55,17 +63,32 @@ def _record(info: RunInfo, noun: dict[str, Any], attempt: Attempt, prompt_length
         session_id=session_id,
         tool=info.tool_by_route[attempt.route.name],
         args=CallArgs(
-            model=attempt.route.model, requested_model=meta.requested_model, prompt_length=prompt_length,
-            temperature=info.temperature, max_tokens=info.max_tokens, strong_id=noun["strong_id"],
-            run_id=info.run_id, asset_key=info.asset_key, partition=noun.get("partition"),
-            routed_backend=info.routed_backend, backend=attempt.route.name, fallback=attempt.fallback,
-            prompt_version=info.prompt_version, purpose=purpose,  # type: ignore[arg-type]
+            model=attempt.route.model,
+            requested_model=meta.requested_model,
+            prompt_length=prompt_length,
+            temperature=info.temperature,
+            max_tokens=info.max_tokens,
+            strong_id=noun["strong_id"],
+            run_id=info.run_id,
+            asset_key=info.asset_key,
+            partition=noun.get("partition"),
+            routed_backend=info.routed_backend,
+            backend=attempt.route.name,
+            fallback=attempt.fallback,
+            prompt_version=info.prompt_version,
+            purpose=purpose,  # type: ignore[arg-type]
         ),
         result=CallResult(
-            ok=result.ok, response_length=len(result.response or ""), latency_ms=meta.latency_ms,
-            ttft_ms=meta.ttft_ms, tokens_per_second=meta.tokens_per_second, prompt_tokens=meta.prompt_tokens,
-            completion_tokens=meta.completion_tokens, attempts=meta.attempts,
-            error_code=str(result.error.code) if result.error else None, finish_reason=meta.finish_reason,
+            ok=result.ok,
+            response_length=len(result.response or ""),
+            latency_ms=meta.latency_ms,
+            ttft_ms=meta.ttft_ms,
+            tokens_per_second=meta.tokens_per_second,
+            prompt_tokens=meta.prompt_tokens,
+            completion_tokens=meta.completion_tokens,
+            attempts=meta.attempts,
+            error_code=str(result.error.code) if result.error else None,
+            finish_reason=meta.finish_reason,
             substituted_model=substituted,
         ),
         violations=found,
@@ -92,8 +115,14 @@ def _short_gc_pauses() -> Iterator[None]:
 
 
 class EnrichmentRunner:
-    def __init__(self, router: FailoverRouter, info: RunInfo, log: Callable[[str], None],
-                 progress_interval_s: float = 5.0, ramp_up_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        router: FailoverRouter,
+        info: RunInfo,
+        log: Callable[[str], None],
+        progress_interval_s: float = 5.0,
+        ramp_up_s: float = 0.0,
+    ) -> None:
         self.router = router
         self.info = info
         self.log = log
@@ -101,54 +130,77 @@ class EnrichmentRunner:
         self.ramp_up_s = ramp_up_s
         self.batch = EnrichmentBatch()
         self.failed_nouns: list[str] = []
+        # How each noun ended: "ok", a violation kind, or the error code of a failed call.
+        self.tally: Counter[str] = Counter()
         # Parsed once, shared by every record of the run (a UUID is immutable).
         self._session_id = UUID(info.run_id) if info.run_id else None
 
-    async def _call(self, noun: dict[str, Any], messages: list[dict[str, str]], purpose: str
-                    ) -> tuple[Attempt | None, list[AgentRunRecord]]:
+    async def _call(
+        self, noun: dict[str, Any], messages: list[dict[str, str]], purpose: str
+    ) -> tuple[Attempt | None, list[AgentRunRecord]]:
         prompt_length = sum(len(m["content"]) for m in messages)
         attempts = await self.router.complete(
-            messages=messages, temperature=self.info.temperature, max_tokens=self.info.max_tokens,
+            messages=messages,
+            temperature=self.info.temperature,
+            max_tokens=self.info.max_tokens,
             response_format=self.info.response_format,
         )
         records = [_record(self.info, noun, a, prompt_length, purpose, [], self._session_id) for a in attempts]
         return (attempts[-1] if attempts else None), records
 
     async def enrich_one(self, noun: dict[str, Any]) -> None:
+        """Call for one noun (and once more to repair a reply that does not validate); record every call.
+
+        The noun ends with an outcome (an insight, or a violation: a reply that does not validate, or
+        one cut by max_tokens, which the same budget would cut again: no repair call for it), or in
+        `failed_nouns` when its last call failed for a transient reason (the next run calls again).
+        """
         messages = build_messages(noun)
         final, records = await self._call(noun, messages, "enrich")
-        outcome: NounEnrichment | None = None
+        insight, problem = None, None
         if final is not None and final.result.ok:
             insight, problem = parse_insight(final.result.response)
             if problem:
                 records[-1].violations.append({"code": "schema_violation", "message": problem})
-                repaired, more = await self._call(noun, repair_messages(messages, final.result.response or "", problem), "repair")
+                final, more = await self._call(
+                    noun, repair_messages(messages, final.result.response or "", problem), "repair"
+                )
                 records.extend(more)
-                if repaired is not None and repaired.result.ok:
-                    insight, problem = parse_insight(repaired.result.response)
+                if final is not None and final.result.ok:
+                    insight, problem = parse_insight(final.result.response)
                     if problem:
                         more[-1].violations.append({"code": "schema_violation", "message": problem})
-                    final = repaired
-                else:
-                    final = None  # the repair call itself failed: transient, not a verdict on the noun
-            if final is not None:
-                outcome = NounEnrichment(
-                    strong_id=noun["strong_id"], model=final.route.model or "", prompt_version=self.info.prompt_version,
-                    params_hash=self.info.params_hash, backend=final.route.name, ok=insight is not None,
-                    insight=insight, violation=problem, record_id=records[-1].id,
-                )
-        self.batch.records.extend(records)
-        if outcome is not None:
-            self.batch.enrichments.append(outcome)
-        else:
+        failure = None if final is None else final.result.error
+        kind = "ok" if insight is not None else "violation"
+        if failure is not None and failure.code == ErrorCode.TRUNCATED and not failure.is_retryable:
+            problem, kind = failure.message, "truncated"  # a verdict at this budget, not a transient fault
+        elif failure is not None or final is None:
+            self.batch.records.extend(records)
             self.failed_nouns.append(noun["strong_id"])
+            self.tally[failure.code.value if failure is not None else "no_backend"] += 1
+            return
+        self.batch.records.extend(records)
+        self.batch.enrichments.append(
+            NounEnrichment(
+                strong_id=noun["strong_id"],
+                model=final.route.model or "",
+                prompt_version=self.info.prompt_version,
+                params_hash=self.info.params_hash,
+                backend=final.route.name,
+                ok=insight is not None,
+                insight=insight,
+                violation=problem,
+                record_id=records[-1].id,
+            )
+        )
+        self.tally[kind] += 1
 
     async def run(self, nouns: list[dict[str, Any]]) -> EnrichmentBatch:
         """Enrich `nouns`; raise AllBackendsDown (with self.batch holding what was done) if every backend dies."""
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         for noun in nouns:
             queue.put_nowait(noun)
-        progress = Progress(len(nouns), self.log, self.progress_interval_s)
+        progress = Progress(len(nouns), self.log, self.progress_interval_s, self.tally)
         workers = max(1, min(len(nouns), sum(r.concurrency for r in self.router.routes)))
 
         outage: list[AllBackendsDown] = []

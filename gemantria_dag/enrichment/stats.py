@@ -38,8 +38,9 @@ def run_stats(batch: EnrichmentBatch, *, failed_nouns: int) -> dict[str, Any]:
     }
 
 
-def check_verdicts(batch: EnrichmentBatch, *, nouns_in_scope: int, failed_nouns: int,
-                   max_failure_rate: float) -> dict[str, tuple[bool, dict[str, Any]]]:
+def check_verdicts(
+    batch: EnrichmentBatch, *, nouns_in_scope: int, failed_nouns: int, max_failure_rate: float
+) -> dict[str, tuple[bool, dict[str, Any]]]:
     outcomes = batch.all_enrichments
     ok = [e for e in outcomes if e.ok and e.insight is not None]
     attempted = len(outcomes) + failed_nouns
@@ -50,9 +51,13 @@ def check_verdicts(batch: EnrichmentBatch, *, nouns_in_scope: int, failed_nouns:
     coverage = len(outcomes) / nouns_in_scope if nouns_in_scope else 1.0
     return {
         "coverage": (coverage >= 1.0, {"coverage": coverage, "with_outcome": len(outcomes), "nouns": nouns_in_scope}),
-        "failure_rate": (failure_rate <= max_failure_rate,
-                         {"failure_rate": failure_rate, "failures": failures, "threshold": max_failure_rate}),
-        "confidence_in_range": (not bad_confidence, {"out_of_range": len(bad_confidence),
-                                                     "examples": ", ".join(bad_confidence[:10])}),
+        "failure_rate": (
+            failure_rate <= max_failure_rate,
+            {"failure_rate": failure_rate, "failures": failures, "threshold": max_failure_rate},
+        ),
+        "confidence_in_range": (
+            not bad_confidence,
+            {"out_of_range": len(bad_confidence), "examples": ", ".join(bad_confidence[:10])},
+        ),
         "no_empty_insight": (not empty, {"empty": len(empty), "examples": ", ".join(empty[:10])}),
     }

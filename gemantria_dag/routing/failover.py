@@ -6,22 +6,39 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gemantria_dag.llm.results import CompletionResult, ErrorCode
 from gemantria_dag.routing.circuit_breaker import CircuitBreaker
-from resources.llm.results import RETRYABLE_CODES, CompletionResult, ErrorCode
 
 # Only failures that say "the backend is unreachable" trip the breaker; a bad answer does not.
 OUTAGE_CODES = frozenset({ErrorCode.CONNECTION_REFUSED, ErrorCode.TIMEOUT})
 
 
-class AsyncCompleter(Protocol):
-    async def acomplete(self, *, messages: list[dict[str, str]], model: str | None, temperature: float,
-                        max_tokens: int, response_format: dict[str, Any] | None) -> CompletionResult: ...
+class Completer(Protocol):
+    """What a route needs of a backend (the LLM resources are completers)."""
+
+    async def acomplete(
+        self,
+        *,
+        messages: list[dict[str, str]],
+        model: str | None,
+        temperature: float,
+        max_tokens: int,
+        response_format: dict[str, Any] | None,
+    ) -> CompletionResult:
+        """One chat completion; backend failures come back in the result, never raised."""
+        ...
+
+    def ensure_pool_size(self, calls_in_flight: int) -> None:
+        """Let `calls_in_flight` calls be in flight at once."""
+        ...
 
 
 @dataclass
 class Route:
-    name: str  # "lm_studio" or "remote"
-    backend: AsyncCompleter
+    """One backend of a run: its completer, model, calls in flight and circuit breaker."""
+
+    name: str  # a route of gemantria_dag.names: LM_STUDIO or REMOTE
+    backend: Completer
     model: str | None
     concurrency: int
     breaker: CircuitBreaker
@@ -43,6 +60,8 @@ class AllBackendsDown(RuntimeError):
 
 
 class FailoverRouter:
+    """The routed backend first, the fallback for calls it cannot serve (RFC-080's failover)."""
+
     def __init__(self, primary: Route, fallback: Route | None) -> None:
         self.primary = primary
         self.fallback = fallback
@@ -59,7 +78,12 @@ class FailoverRouter:
         return "every LLM backend is down: " + "; ".join(parts)
 
     async def complete(self, **request: Any) -> list[Attempt]:
-        """Every attempt made for one request, the last one being the answer (or the final failure)."""
+        """Every attempt made for one request, the last one being the answer (or the final failure).
+
+        `request` holds `acomplete`'s arguments but the model (each route sends its own). A transient
+        failure (`LLMError.is_retryable`) goes on to the next route; connection failures and timeouts count
+        toward the route's circuit breaker. Raises AllBackendsDown when every route's breaker is open.
+        """
         while True:
             attempts: list[Attempt] = []
             for route in self.routes:
@@ -70,7 +94,7 @@ class FailoverRouter:
                         continue
                     result = await route.backend.acomplete(model=route.model, **request)
                 attempts.append(Attempt(route=route, result=result, fallback=route is not self.primary))
-                if not result.ok and result.error is not None and result.error.code in RETRYABLE_CODES:
+                if not result.ok and result.error is not None and result.error.is_retryable:
                     # Only "unreachable" counts toward opening the breaker; any transient failure
                     # (a 500 as the server dies, a cut stream) still gets this call another route.
                     if result.error.code in OUTAGE_CODES:

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from gemantria_dag.llm.health import HealthCheck
+from gemantria_dag.llm.results import HealthResult
 from gemantria_dag.routing.decision import RoutingDecision, select_backend
 from gemantria_dag.settings import Settings
-from resources.llm.lm_studio import LMStudioResource
-from resources.llm.remote import RemoteLLMResource
-from resources.llm.results import HealthResult
 
 
-def check_both(lm_studio: LMStudioResource, remote: RemoteLLMResource) -> tuple[HealthResult, HealthResult]:
-    # In parallel: a hung LM Studio must not add its timeout to the remote's.
+def check_both(lm_studio: HealthCheck, remote: HealthCheck) -> tuple[HealthResult, HealthResult]:
+    """Both health checks, in parallel: a hung LM Studio must not add its timeout to the remote's."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         lm = pool.submit(lm_studio.health)
         rm = pool.submit(remote.health)
         return lm.result(), rm.result()
 
 
-def decide_now(lm_studio: LMStudioResource, remote: RemoteLLMResource, settings: Settings
-               ) -> tuple[RoutingDecision, HealthResult, HealthResult]:
+def decide_now(
+    lm_studio: HealthCheck, remote: HealthCheck, settings: Settings
+) -> tuple[RoutingDecision, HealthResult, HealthResult]:
+    """(decision, LM Studio's health, the remote's health), checked now; never raises for a backend fault."""
     lm, rm = check_both(lm_studio, remote)
     return select_backend(lm, rm, settings), lm, rm

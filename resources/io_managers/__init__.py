@@ -4,7 +4,6 @@ from resources.io_managers.cache import EnrichmentCache, PostgresEnrichmentCache
 from resources.io_managers.control_plane import ControlPlaneIOManager
 from resources.io_managers.factory import (
     ControlPlaneIOManagerFactory,
-    control_plane_is_off,
     enrichment_cache_for,
     persist_batch,
 )
@@ -17,7 +16,6 @@ __all__ = [
     "NoOpControlPlaneIOManager",
     "PostgresEnrichmentCache",
     "SqliteEnrichmentCache",
-    "control_plane_is_off",
     "enrichment_cache_for",
     "persist_batch",
 ]

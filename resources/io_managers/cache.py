@@ -52,9 +52,16 @@ def fetch_outcomes(
         _SELECT, (model, prompt_version, params_hash, list(dict.fromkeys(strong_ids)))
     ):
         found[sid] = NounEnrichment(
-            strong_id=sid, model=m, prompt_version=pv, params_hash=ph, backend=backend, ok=ok,
+            strong_id=sid,
+            model=m,
+            prompt_version=pv,
+            params_hash=ph,
+            backend=backend,
+            ok=ok,
             insight=NounInsight.model_validate(insight) if insight is not None else None,
-            violation=violation, record_id=record_id, created_at=created_at,
+            violation=violation,
+            record_id=record_id,
+            created_at=created_at,
         )
     return found
 
@@ -114,4 +121,3 @@ class SqliteEnrichmentCache:
         self, strong_ids: Iterable[str], model: str, prompt_version: str, params_hash: str
     ) -> dict[str, NounEnrichment]:
         return self.store.lookup(strong_ids, model, prompt_version, params_hash)
-

@@ -129,8 +129,7 @@ class ControlPlaneIOManager(IOManager):
             found: dict[str, NounEnrichment] = {}
             if conn is not None:
                 try:
-                    found = fetch_outcomes(conn, group.strong_ids, group.model, group.prompt_version,
-                                           group.params_hash)
+                    found = fetch_outcomes(conn, group.strong_ids, group.model, group.prompt_version, group.params_hash)
                 except psycopg.Error as exc:  # the DB dropped while reading: the spool may still have them
                     problem = writer.describe_error(exc)
                     conn.close()
@@ -146,9 +145,16 @@ class ControlPlaneIOManager(IOManager):
             return found
 
         try:
-            return load_outputs(self._manifests, context, fetch, missing_hint=lambda: (
-                f"the database could not be read ({problem}) and the spool lacks them" if problem
-                else "they are neither in gematria.noun_enrichment nor in the spool"))
+            return load_outputs(
+                self._manifests,
+                context,
+                fetch,
+                missing_hint=lambda: (
+                    f"the database could not be read ({problem}) and the spool lacks them"
+                    if problem
+                    else "they are neither in gematria.noun_enrichment nor in the spool"
+                ),
+            )
         finally:
             if conn is not None:
                 conn.close()

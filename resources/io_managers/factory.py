@@ -1,4 +1,4 @@
-"""THE one place that decides how a run treats the control plane.
+"""The control-plane IO manager, picked by the DB mode (`Settings.db_mode`, the one decision).
 
 GEMATRIA_DSN=off -> `NoOpControlPlaneIOManager` (skip call logging, keep outcomes locally).
 Anything else (embedded default or a DSN) -> `ControlPlaneIOManager`, which spools when the
@@ -16,37 +16,35 @@ from pydantic import Field
 from gemantria_dag.control_plane.records import EnrichmentBatch
 from gemantria_dag.control_plane.spool import Spool
 from gemantria_dag.control_plane.writer import DEFAULT_BATCH_SIZE, ControlPlaneWriter
-from gemantria_dag.db.target import resolve_database
+from gemantria_dag.db.target import OFF_REASON, resolve_database
 from gemantria_dag.settings import Settings, get_settings
 from resources.io_managers.cache import EnrichmentCache, PostgresEnrichmentCache, SqliteEnrichmentCache
 from resources.io_managers.control_plane import ControlPlaneIOManager, session_uuid
 from resources.io_managers.noop_control_plane import NoOpControlPlaneIOManager
 from resources.io_managers.storage import LocalEnrichmentStore, storage_root
 
-OFF_REASON = "GEMATRIA_DSN=off"
-
-
-def control_plane_is_off(settings: Settings) -> bool:
-    return settings.db_mode == "off"
-
 
 class ControlPlaneIOManagerFactory(ConfigurableIOManagerFactory):
     """No DSN in the config on purpose: Dagster shows resource config in its UI."""
 
-    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=100_000,
-                            description="Rows per transaction when writing to the control plane.")
+    batch_size: int = Field(
+        default=DEFAULT_BATCH_SIZE,
+        ge=1,
+        le=100_000,
+        description="Rows per transaction when writing to the control plane.",
+    )
 
     def create_io_manager(self, context: InitResourceContext) -> IOManager:
         settings = get_settings()
         storage = storage_root(settings, context.instance)
-        if control_plane_is_off(settings):
+        if settings.db_mode == "off":
             return NoOpControlPlaneIOManager(OFF_REASON, storage)
         return ControlPlaneIOManager(settings, storage, batch_size=self.batch_size)
 
 
 def enrichment_cache_for(settings: Settings, instance: DagsterInstance | None) -> EnrichmentCache:
     """The cache matching the IO manager above: pass `context.instance` from the asset."""
-    if control_plane_is_off(settings):
+    if settings.db_mode == "off":
         return SqliteEnrichmentCache(LocalEnrichmentStore(storage_root(settings, instance)))
     return PostgresEnrichmentCache(settings)
 
@@ -57,7 +55,7 @@ def persist_batch(batch: EnrichmentBatch, settings: Settings, instance: DagsterI
     For an asset about to raise: Dagster hands a failed attempt's value to no IO manager, so the
     calls it already made would be lost otherwise.
     """
-    if control_plane_is_off(settings):
+    if settings.db_mode == "off":
         store = LocalEnrichmentStore(storage_root(settings, instance))
         store.upsert(batch.all_enrichments)
         return f"{store.path} (call records not logged: {OFF_REASON})"

@@ -38,16 +38,19 @@ class NoOpControlPlaneIOManager(IOManager):
             )
         stored = self.store.upsert(batch.all_enrichments)
         record_output(self._manifests, context, batch)
-        context.add_output_metadata({
-            "control_plane": MetadataValue.text("off"),
-            "control_plane_records_skipped": MetadataValue.int(len(batch.records)),
-            "control_plane_outcomes_stored": MetadataValue.int(stored),
-            "control_plane_store": MetadataValue.path(str(self.store.path)),
-        })
+        context.add_output_metadata(
+            {
+                "control_plane": MetadataValue.text("off"),
+                "control_plane_records_skipped": MetadataValue.int(len(batch.records)),
+                "control_plane_outcomes_stored": MetadataValue.int(stored),
+                "control_plane_store": MetadataValue.path(str(self.store.path)),
+            }
+        )
 
     def load_input(self, context: InputContext) -> list[NounEnrichment]:
         def fetch(group: KeyGroup) -> dict[str, NounEnrichment]:
             return self.store.lookup(group.strong_ids, group.model, group.prompt_version, group.params_hash)
 
-        return load_outputs(self._manifests, context, fetch,
-                            missing_hint=lambda: f"they are not in {self.store.path} (was it removed?)")
+        return load_outputs(
+            self._manifests, context, fetch, missing_hint=lambda: f"they are not in {self.store.path} (was it removed?)"
+        )

@@ -46,8 +46,11 @@ class OutputManifest(BaseModel):
         groups: dict[tuple[str, str, str], list[str]] = {}
         for o in outcomes:
             groups.setdefault((o.model, o.prompt_version, o.params_hash), []).append(o.strong_id)
-        return cls(groups=[KeyGroup(model=m, prompt_version=p, params_hash=h, strong_ids=ids)
-                           for (m, p, h), ids in groups.items()])
+        return cls(
+            groups=[
+                KeyGroup(model=m, prompt_version=p, params_hash=h, strong_ids=ids) for (m, p, h), ids in groups.items()
+            ]
+        )
 
     @property
     def size(self) -> int:
@@ -132,8 +135,18 @@ class LocalEnrichmentStore:
                 yield conn
 
     def upsert(self, outcomes: Sequence[NounEnrichment]) -> int:
-        rows = [(o.strong_id, o.model, o.prompt_version, o.params_hash, int(o.ok), o.created_at.timestamp(),
-                 o.model_dump_json()) for o in outcomes]
+        rows = [
+            (
+                o.strong_id,
+                o.model,
+                o.prompt_version,
+                o.params_hash,
+                int(o.ok),
+                o.created_at.timestamp(),
+                o.model_dump_json(),
+            )
+            for o in outcomes
+        ]
         with self._connect() as conn:
             before = conn.total_changes
             conn.executemany(_UPSERT, rows)
@@ -150,8 +163,10 @@ class LocalEnrichmentStore:
             for start in range(0, len(ids), _SQLITE_MAX_PARAMS):
                 part = ids[start : start + _SQLITE_MAX_PARAMS]
                 marks = ",".join("?" * len(part))  # placeholders only; the values stay bound parameters
-                sql = ("SELECT payload FROM noun_enrichment WHERE model = ? AND prompt_version = ? AND params_hash = ?"
-                       f" AND strong_id IN ({marks})")
+                sql = (
+                    "SELECT payload FROM noun_enrichment WHERE model = ? AND prompt_version = ? AND params_hash = ?"
+                    f" AND strong_id IN ({marks})"
+                )
                 for (payload,) in conn.execute(sql, (model, prompt_version, params_hash, *part)):
                     outcome = NounEnrichment.model_validate_json(payload)
                     found[outcome.strong_id] = outcome

@@ -57,5 +57,14 @@ from tests.lmstudio_emulator.catalogue import (
     THIRD_MODEL,
 )
 
-__all__ = ["DEFAULT_SCENARIO", "EMBEDDING_MODEL", "OTHER_MODEL", "PRIMARY_MODEL", "SCENARIOS", "THIRD_MODEL",
-           "EmulatorConfig", "Knobs", "make_app"]
+__all__ = [
+    "DEFAULT_SCENARIO",
+    "EMBEDDING_MODEL",
+    "OTHER_MODEL",
+    "PRIMARY_MODEL",
+    "SCENARIOS",
+    "THIRD_MODEL",
+    "EmulatorConfig",
+    "Knobs",
+    "make_app",
+]

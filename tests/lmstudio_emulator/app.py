@@ -118,8 +118,9 @@ def _plain(status: int, message: str) -> ApiError:
 
 
 def _openai_error(status: int, message: str, *, code: str, param: str = "model") -> ApiError:
-    return ApiError(status, {"error": {"message": message, "type": "invalid_request_error", "param": param,
-                                       "code": code}})
+    return ApiError(
+        status, {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
+    )
 
 
 def _json_body(text: str) -> Any:
@@ -167,10 +168,10 @@ class Emulator:
         if scenario is None and self.config.jit is not None:  # the CLI's --jit applies to its own scenario
             jit = self.config.jit
         self.epoch += 1
-        self.knobs = Knobs(scenario=name, jit=jit, jit_load_seconds=self.config.jit_load_seconds,
-                           token=self.config.token)
-        self.instances = [Instance(id=key, key=key, jit=False)
-                          for key in (self._role(r) for r in spec.loaded)]
+        self.knobs = Knobs(
+            scenario=name, jit=jit, jit_load_seconds=self.config.jit_load_seconds, token=self.config.token
+        )
+        self.instances = [Instance(id=key, key=key, jit=False) for key in (self._role(r) for r in spec.loaded)]
         self.cuts_done = 0
         if counters:
             self.reset_counters()
@@ -190,8 +191,9 @@ class Emulator:
         loaded = overrides.pop("loaded", None)
         unknown = set(overrides) - known
         if unknown:
-            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}; known: loaded, "
-                             + ", ".join(sorted(known)))
+            raise ValueError(
+                f"unknown setting(s): {', '.join(sorted(unknown))}; known: loaded, " + ", ".join(sorted(known))
+            )
         if "cut_stream_mode" in overrides and overrides["cut_stream_mode"] not in CUT_MODES:
             raise ValueError(f"cut_stream_mode must be one of {CUT_MODES}")
         for key, value in overrides.items():
@@ -221,9 +223,22 @@ class Emulator:
     def stats(self) -> dict[str, Any]:
         return {
             "requests": dict(self.requests),
-            **{k: self.counters.get(k, 0) for k in (
-                "predictions", "jit_loads", "api_loads", "loads", "unloads", "evictions", "substitutions",
-                "cut_streams", "unauthorized", "crashed_answers", "upstream_calls")},
+            **{
+                k: self.counters.get(k, 0)
+                for k in (
+                    "predictions",
+                    "jit_loads",
+                    "api_loads",
+                    "loads",
+                    "unloads",
+                    "evictions",
+                    "substitutions",
+                    "cut_streams",
+                    "unauthorized",
+                    "crashed_answers",
+                    "upstream_calls",
+                )
+            },
             "errors": {k.removeprefix("error:"): v for k, v in self.counters.items() if k.startswith("error:")},
             "active_predictions": self.active_predictions,
             "queued_predictions": self.queued_predictions,
@@ -248,8 +263,7 @@ class Emulator:
                 return self.catalogue[inst.key], inst.id, False
         spec = self.catalogue.get(name)
         if spec is not None and not spec.is_llm:
-            raise _plain(400, f'Model "{name}" is an embedding model and cannot be used for chat or text '
-                              "completions.")
+            raise _plain(400, f'Model "{name}" is an embedding model and cannot be used for chat or text completions.')
         llm_instances = [i for i in self.instances if self.catalogue[i.key].is_llm]
         if self.knobs.jit and spec is not None:
             iid = await self.jit_load(spec)
@@ -378,13 +392,22 @@ def make_app(config: EmulatorConfig) -> web.Application:
         return web.json_response({"lmstudio": True})
 
     async def models_v1_native(_: web.Request) -> web.Response:
-        return web.json_response({"models": [
-            spec.v1_native([(i.id, i.context_length) for i in emu.instances if i.key == key])
-            for key, spec in emu.catalogue.items()]})
+        return web.json_response(
+            {
+                "models": [
+                    spec.v1_native([(i.id, i.context_length) for i in emu.instances if i.key == key])
+                    for key, spec in emu.catalogue.items()
+                ]
+            }
+        )
 
     async def models_v0(_: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [spec.v0_legacy(bool(emu.loaded_ids(key)))
-                                                             for key, spec in emu.catalogue.items()]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [spec.v0_legacy(bool(emu.loaded_ids(key))) for key, spec in emu.catalogue.items()],
+            }
+        )
 
     async def model_v0_one(request: web.Request) -> web.Response:
         key = request.path.removeprefix("/api/v0/models/")
@@ -395,12 +418,10 @@ def make_app(config: EmulatorConfig) -> web.Application:
 
     async def models_openai(_: web.Request) -> web.Response:
         # With JIT loading on, LM Studio lists every downloaded model here; with it off, the loaded ones.
-        if emu.knobs.jit:
-            ids = list(emu.catalogue)
-        else:
-            ids = [i.id for i in emu.instances]
-        return web.json_response({"data": [{"id": i, "object": "model", "owned_by": "organization_owner"}
-                                           for i in ids], "object": "list"})
+        ids = list(emu.catalogue) if emu.knobs.jit else [i.id for i in emu.instances]
+        return web.json_response(
+            {"data": [{"id": i, "object": "model", "owned_by": "organization_owner"} for i in ids], "object": "list"}
+        )
 
     # -- LM Studio: load and unload ----------------------------------------------------------------
     async def load(request: web.Request) -> web.Response:
@@ -420,8 +441,9 @@ def make_app(config: EmulatorConfig) -> web.Application:
         config = spec.instance_config(context_length)
         if spec.is_llm:
             config["num_experts"] = 0
-        return web.json_response({"model_instance_id": iid, "config": config,
-                                  "load_time_seconds": round(time.monotonic() - started, 3)})
+        return web.json_response(
+            {"model_instance_id": iid, "config": config, "load_time_seconds": round(time.monotonic() - started, 3)}
+        )
 
     async def unload(request: web.Request) -> web.Response:
         body = await _read_json(request)
@@ -429,8 +451,9 @@ def make_app(config: EmulatorConfig) -> web.Application:
         if not isinstance(iid, str) or not iid:
             raise _openai_error(400, "Required", code="missing_required_parameter", param="instance_id")
         if not any(i.id == iid for i in emu.instances):
-            raise _openai_error(404, f'No loaded model instance with identifier "{iid}".',
-                                code="model_not_found", param="instance_id")
+            raise _openai_error(
+                404, f'No loaded model instance with identifier "{iid}".', code="model_not_found", param="instance_id"
+            )
         emu.instances = [i for i in emu.instances if i.id != iid]
         emu.counters["unloads"] += 1
         return web.json_response({"instance_id": iid})
@@ -489,8 +512,14 @@ def make_app(config: EmulatorConfig) -> web.Application:
 
         return handler
 
-    async def stream(request: web.Request, body: dict[str, Any], ubody: dict[str, Any], upstream_path: str,
-                     answered: str, id_prefix: str) -> web.StreamResponse:
+    async def stream(
+        request: web.Request,
+        body: dict[str, Any],
+        ubody: dict[str, Any],
+        upstream_path: str,
+        answered: str,
+        id_prefix: str,
+    ) -> web.StreamResponse:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         cid = _new_id(id_prefix)
         knobs = emu.knobs
@@ -503,8 +532,7 @@ def make_app(config: EmulatorConfig) -> web.Application:
             async with emu.session.post(f"{emu.config.upstream}/{upstream_path}", json=ubody) as up:
                 if up.status != 200:
                     return web.json_response(_json_body(await up.text()), status=up.status)
-                resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                                   "Cache-Control": "no-cache"})
+                resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
                 await resp.prepare(request)
                 forwarded = 0
                 generated = 0
@@ -534,10 +562,17 @@ def make_app(config: EmulatorConfig) -> web.Application:
                     if include_usage:
                         prompt = await emu.prompt_tokens(upstream_path, ubody)
                         usage_chunk = {
-                            "id": cid, "object": "chat.completion.chunk", "created": created, "model": answered,
-                            "system_fingerprint": answered, "choices": [],
-                            "usage": {"prompt_tokens": prompt or 0, "completion_tokens": generated,
-                                      "total_tokens": (prompt or 0) + generated},
+                            "id": cid,
+                            "object": "chat.completion.chunk",
+                            "created": created,
+                            "model": answered,
+                            "system_fingerprint": answered,
+                            "choices": [],
+                            "usage": {
+                                "prompt_tokens": prompt or 0,
+                                "completion_tokens": generated,
+                                "total_tokens": (prompt or 0) + generated,
+                            },
                         }
                         await resp.write(f"data: {json.dumps(usage_chunk)}\n\n".encode())
                     await resp.write(b"data: [DONE]\n\n")
@@ -613,20 +648,21 @@ def make_app(config: EmulatorConfig) -> web.Application:
         # LM Studio 0.4's body (seen in its server log): no `param`, type `invalid_request`.
         if scheme.lower() != "bearer" or not value.strip():
             emu.counters["unauthorized"] += 1
-            raise ApiError(401, {"error": {"type": "invalid_request", "code": "invalid_api_key",
-                                           "message": MISSING_TOKEN_MESSAGE}})
+            raise ApiError(
+                401, {"error": {"type": "invalid_request", "code": "invalid_api_key", "message": MISSING_TOKEN_MESSAGE}}
+            )
         if not secrets.compare_digest(value.strip().encode(), token.encode()):
             emu.counters["unauthorized"] += 1
-            raise ApiError(401, {"error": {"type": "invalid_request", "code": "invalid_api_key",
-                                           "message": INVALID_TOKEN_MESSAGE}})
+            raise ApiError(
+                401, {"error": {"type": "invalid_request", "code": "invalid_api_key", "message": INVALID_TOKEN_MESSAGE}}
+            )
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         key = (request.method, request.path)
         if request.path.startswith(ADMIN_PREFIX + "/"):
             handler = admin_routes.get(key)
             if handler is None:
-                return web.json_response({"error": f"unknown admin route {request.method} {request.path}"},
-                                         status=404)
+                return web.json_response({"error": f"unknown admin route {request.method} {request.path}"}, status=404)
             return await handler(request)
         emu.requests[f"{request.method} {request.path}"] += 1
         try:
@@ -645,10 +681,9 @@ def make_app(config: EmulatorConfig) -> web.Application:
             err = exc.body.get("error")
             emu.counters["error:" + (err.get("code") or "error") if isinstance(err, dict) else "error:plain"] += 1
             return exc.response()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # the emulator's own fault, not LM Studio's
+        except (TimeoutError, aiohttp.ClientError) as exc:  # the emulator's own fault, not LM Studio's
             emu.counters["error:upstream"] += 1
-            return web.json_response({"error": f"emulator: upstream {emu.config.upstream} failed: {exc!r}"},
-                                     status=502)
+            return web.json_response({"error": f"emulator: upstream {emu.config.upstream} failed: {exc!r}"}, status=502)
 
     async def on_startup(_: web.Application) -> None:
         emu.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600, sock_connect=10))

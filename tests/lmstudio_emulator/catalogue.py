@@ -48,14 +48,16 @@ class ModelSpec:
         }
         if self.is_llm:
             entry["architecture"] = self.architecture
-        entry.update({
-            "quantization": {"name": self.quantization, "bits_per_weight": self.bits_per_weight},
-            "size_bytes": self.size_bytes,
-            "params_string": self.params_string,
-            "loaded_instances": [{"id": iid, "config": self.instance_config(ctx)} for iid, ctx in instances],
-            "max_context_length": self.max_context_length,
-            "format": self.format,
-        })
+        entry.update(
+            {
+                "quantization": {"name": self.quantization, "bits_per_weight": self.bits_per_weight},
+                "size_bytes": self.size_bytes,
+                "params_string": self.params_string,
+                "loaded_instances": [{"id": iid, "config": self.instance_config(ctx)} for iid, ctx in instances],
+                "max_context_length": self.max_context_length,
+                "format": self.format,
+            }
+        )
         if self.is_llm:
             entry["capabilities"] = {"vision": self.vision, "trained_for_tool_use": self.trained_for_tool_use}
             entry["description"] = None
@@ -88,30 +90,72 @@ class ModelSpec:
 
     def model_info(self) -> dict[str, Any]:
         """The `model_info` object of `/api/v0/chat/completions`."""
-        return {"arch": self.architecture, "quant": self.quantization, "format": self.format,
-                "context_length": self.loaded_context_length}
+        return {
+            "arch": self.architecture,
+            "quant": self.quantization,
+            "format": self.format,
+            "context_length": self.loaded_context_length,
+        }
 
 
 def default_catalogue(primary_key: str = PRIMARY_MODEL) -> dict[str, ModelSpec]:
     """The downloaded models. The primary one is the model the project is configured with."""
     models = [
-        ModelSpec(key=PRIMARY_MODEL, type="llm", publisher="lmstudio-community",
-                  display_name="SmolLM2 135M Instruct", architecture="llama", quantization="Q4_1",
-                  bits_per_weight=4, size_bytes=98_362_432, params_string="135M",
-                  max_context_length=8192, loaded_context_length=2048),
-        ModelSpec(key=OTHER_MODEL, type="llm", publisher="lmstudio-community",
-                  display_name="Qwen2.5 7B Instruct", architecture="qwen2", quantization="Q4_K_M",
-                  bits_per_weight=4, size_bytes=4_683_073_952, params_string="7B",
-                  max_context_length=32768, loaded_context_length=4096, trained_for_tool_use=True),
-        ModelSpec(key=THIRD_MODEL, type="llm", publisher="lmstudio-community",
-                  display_name="Meta Llama 3.1 8B Instruct", architecture="llama", quantization="Q4_K_M",
-                  bits_per_weight=4, size_bytes=4_920_739_232, params_string="8B",
-                  max_context_length=131072, loaded_context_length=4096, trained_for_tool_use=True),
+        ModelSpec(
+            key=PRIMARY_MODEL,
+            type="llm",
+            publisher="lmstudio-community",
+            display_name="SmolLM2 135M Instruct",
+            architecture="llama",
+            quantization="Q4_1",
+            bits_per_weight=4,
+            size_bytes=98_362_432,
+            params_string="135M",
+            max_context_length=8192,
+            loaded_context_length=2048,
+        ),
+        ModelSpec(
+            key=OTHER_MODEL,
+            type="llm",
+            publisher="lmstudio-community",
+            display_name="Qwen2.5 7B Instruct",
+            architecture="qwen2",
+            quantization="Q4_K_M",
+            bits_per_weight=4,
+            size_bytes=4_683_073_952,
+            params_string="7B",
+            max_context_length=32768,
+            loaded_context_length=4096,
+            trained_for_tool_use=True,
+        ),
+        ModelSpec(
+            key=THIRD_MODEL,
+            type="llm",
+            publisher="lmstudio-community",
+            display_name="Meta Llama 3.1 8B Instruct",
+            architecture="llama",
+            quantization="Q4_K_M",
+            bits_per_weight=4,
+            size_bytes=4_920_739_232,
+            params_string="8B",
+            max_context_length=131072,
+            loaded_context_length=4096,
+            trained_for_tool_use=True,
+        ),
         # LM Studio ships this one with every install, so it is in every real listing.
-        ModelSpec(key=EMBEDDING_MODEL, type="embedding", publisher="gaianet",
-                  display_name="Nomic Embed Text v1.5", architecture=None, quantization="F16",
-                  bits_per_weight=16, size_bytes=274_290_560, params_string=None,
-                  max_context_length=2048, loaded_context_length=2048),
+        ModelSpec(
+            key=EMBEDDING_MODEL,
+            type="embedding",
+            publisher="gaianet",
+            display_name="Nomic Embed Text v1.5",
+            architecture=None,
+            quantization="F16",
+            bits_per_weight=16,
+            size_bytes=274_290_560,
+            params_string=None,
+            max_context_length=2048,
+            loaded_context_length=2048,
+        ),
     ]
     if primary_key != PRIMARY_MODEL:
         models[0] = replace(models[0], key=primary_key)
@@ -126,15 +170,32 @@ class Scenario:
     jit: bool
 
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
-    Scenario("loaded", "the configured model is loaded (the only one); JIT loading on", ("primary",), True),
-    Scenario("downloaded", "the configured model is downloaded but nothing is loaded; JIT loading on "
-             "(the first completion loads it)", (), True),
-    Scenario("none_loaded", "nothing is loaded and JIT loading is off: completions answer 'No models loaded'",
-             (), False),
-    Scenario("two_loaded", "the configured model and another are loaded; requests are honoured by name",
-             ("primary", "other"), True),
-    Scenario("one_other_loaded", "only another model is loaded and JIT loading is off: a request for the "
-             "configured model is answered by the loaded one (substitution)", ("other",), False),
-]}
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario("loaded", "the configured model is loaded (the only one); JIT loading on", ("primary",), True),
+        Scenario(
+            "downloaded",
+            "the configured model is downloaded but nothing is loaded; JIT loading on (the first completion loads it)",
+            (),
+            True,
+        ),
+        Scenario(
+            "none_loaded", "nothing is loaded and JIT loading is off: completions answer 'No models loaded'", (), False
+        ),
+        Scenario(
+            "two_loaded",
+            "the configured model and another are loaded; requests are honoured by name",
+            ("primary", "other"),
+            True,
+        ),
+        Scenario(
+            "one_other_loaded",
+            "only another model is loaded and JIT loading is off: a request for the "
+            "configured model is answered by the loaded one (substitution)",
+            ("other",),
+            False,
+        ),
+    ]
+}
 DEFAULT_SCENARIO = "loaded"

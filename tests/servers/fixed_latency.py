@@ -24,8 +24,13 @@ def _answer(body: dict) -> str:
     text = " ".join(m.get("content", "") for m in body.get("messages", []))
     match = _STRONG.search(text)
     noun = match.group(1) if match else "the noun"
-    return json.dumps({"insight": f"{noun} names a concrete thing of daily life in the Hebrew Bible.",
-                       "themes": ["lexicon", "daily life"], "confidence": 0.5})
+    return json.dumps(
+        {
+            "insight": f"{noun} names a concrete thing of daily life in the Hebrew Bible.",
+            "themes": ["lexicon", "daily life"],
+            "confidence": 0.5,
+        }
+    )
 
 
 def make_app(latency_s: float, model: str, api_key: str | None) -> web.Application:
@@ -37,8 +42,9 @@ def make_app(latency_s: float, model: str, api_key: str | None) -> web.Applicati
 
     async def models(request: web.Request) -> web.Response:
         if not authorized(request):
-            return web.json_response({"error": {"message": "invalid api key", "type": "invalid_request_error"}},
-                                     status=401)
+            return web.json_response(
+                {"error": {"message": "invalid api key", "type": "invalid_request_error"}}, status=401
+            )
         return web.json_response({"object": "list", "data": [{"id": model, "object": "model", "owned_by": "test"}]})
 
     async def chat(request: web.Request) -> web.Response:
@@ -53,12 +59,18 @@ def make_app(latency_s: float, model: str, api_key: str | None) -> web.Applicati
             counters["in_flight"] -= 1
         counters["chat"] += 1
         content = _answer(body)
-        return web.json_response({
-            "id": f"chatcmpl-{counters['chat']}", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model") or model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 60, "completion_tokens": 30, "total_tokens": 90},
-        })
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{counters['chat']}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model") or model,
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 60, "completion_tokens": 30, "total_tokens": 90},
+            }
+        )
 
     async def stats(_: web.Request) -> web.Response:
         return web.json_response(counters)
@@ -89,8 +101,14 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    web.run_app(make_app(args.latency_ms / 1000.0, args.model, args.api_key), host=args.host, port=args.port,
-                access_log=None, print=None, backlog=1024)
+    web.run_app(
+        make_app(args.latency_ms / 1000.0, args.model, args.api_key),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+        backlog=1024,
+    )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""The one function that picks the resources a code location gets."""
+"""The one function that picks the resources a code location gets, keyed by the names of
+`gemantria_dag.names` (a route's resource key is the route's name)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from gemantria_dag.names import CONTROL_PLANE_IO_MANAGER, LM_STUDIO, REMOTE
 from gemantria_dag.settings import Settings
 from resources.bible_db import BibleDatabase
 from resources.control_plane_db import ControlPlaneDatabase
@@ -13,11 +15,12 @@ from resources.llm.remote import RemoteLLMResource
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
+    """{resource key: resource} for `Definitions`, configured from `settings` (secrets stay in the settings)."""
     return {
         "bible_db": BibleDatabase(path=str(settings.bible_db_path)),
         "control_plane_db": ControlPlaneDatabase(),
-        "lm_studio": LMStudioResource.from_settings(settings),
-        "remote_llm": RemoteLLMResource.from_settings(settings),
+        LM_STUDIO: LMStudioResource.from_settings(settings),
+        REMOTE: RemoteLLMResource.from_settings(settings),
         # DB on -> control.agent_run (spooling if it drops); GEMATRIA_DSN=off -> the no-op manager.
-        "control_plane_io_manager": ControlPlaneIOManagerFactory(),
+        CONTROL_PLANE_IO_MANAGER: ControlPlaneIOManagerFactory(),
     }

@@ -23,6 +23,8 @@ class ErrorCode(StrEnum):
     BAD_REQUEST = "bad_request"
     UNAUTHORIZED = "unauthorized"
     TRUNCATED = "truncated"
+    # The server is loading its model (llama.cpp's 503 "Loading model", LM Studio's JIT load): wait.
+    MODEL_LOADING = "model_loading"
 
 
 # Faults of the path or the server that another attempt may not see again.
@@ -33,6 +35,7 @@ RETRYABLE_CODES: frozenset[ErrorCode] = frozenset(
         ErrorCode.RATE_LIMITED,
         ErrorCode.SERVER_ERROR,
         ErrorCode.TRUNCATED,
+        ErrorCode.MODEL_LOADING,
     }
 )
 
@@ -46,6 +49,14 @@ class LLMError(BaseModel):
     http_status: int | None = None
     # What to do about it, when the project knows: a command (`lms load <model>`) or a setting to change.
     fix: str | None = None
+    # Overrides the code's default (RETRYABLE_CODES): an answer cut by max_tokens is `truncated` like a
+    # cut stream, but sending it again with the same budget would only cut it again.
+    retryable: bool | None = None
+
+    @property
+    def is_retryable(self) -> bool:
+        """Whether another attempt (or another backend) may not see this failure again."""
+        return self.code in RETRYABLE_CODES if self.retryable is None else self.retryable
 
 
 class CompletionMetadata(BaseModel):
@@ -101,7 +112,7 @@ class CompletionResult(BaseModel):
     metadata: CompletionMetadata
 
 
-HealthMode = Literal["lm_ready", "lm_off", "remote_ready", "remote_off", "error"]
+HealthMode = Literal["lm_ready", "lm_loading", "lm_off", "remote_ready", "remote_off", "error"]
 ServerKind = Literal["lm_studio", "lm_studio_legacy", "openai_compatible"]
 
 
@@ -138,6 +149,10 @@ class HealthDetails(BaseModel):
     provider: str | None = None
     # One readable sentence: what was found, or what is wrong and how to fix it.
     message: str | None = None
+    # LM Studio: whether a schema-constrained request gives JSON on this server and model (ok, broken,
+    # unknown), and what finding out cost (`latency_ms`, `prompt_tokens`, `completion_tokens`, `cached`).
+    structured_output: Literal["ok", "broken", "unknown"] | None = None
+    structured_output_check: dict[str, Any] | None = None
 
 
 class HealthResult(BaseModel):

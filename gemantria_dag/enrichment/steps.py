@@ -1,0 +1,233 @@
+"""The steps of the `noun_enrichments` asset, each a tested function: decide the route, tag the run,
+plan the work, run it, save on an outage, build the result. The asset (assets/noun_enrichments.py)
+is their sequence; storage comes in as the small protocols below, so this module needs no resource."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+)
+
+from gemantria_dag.control_plane.records import EnrichmentBatch, NounEnrichment
+from gemantria_dag.enrichment.config import EnrichmentConfig
+from gemantria_dag.enrichment.partitions import LETTER_NAMES
+from gemantria_dag.enrichment.plan import build_router, nouns_for_partitions, tool_by_route
+from gemantria_dag.enrichment.progress import tally_text
+from gemantria_dag.enrichment.prompt import params_hash, response_format
+from gemantria_dag.enrichment.runner import AllBackendsDown, EnrichmentRunner, RunInfo
+from gemantria_dag.enrichment.stats import check_verdicts, run_stats
+from gemantria_dag.llm.health import HealthCheck
+from gemantria_dag.names import (
+    BACKEND_TAG,
+    LM_STUDIO,
+    META_MODEL,
+    META_PROMPT_VERSION,
+    NO_BACKEND,
+    NOUN_ENRICHMENTS,
+    REMOTE,
+)
+from gemantria_dag.routing.decision import RoutingDecision, forced_decision
+from gemantria_dag.routing.failover import Completer
+from gemantria_dag.routing.live import decide_now
+from gemantria_dag.settings import Settings
+
+CHECKS = ("coverage", "failure_rate", "confidence_in_range", "no_empty_insight")
+# A run whose failure rate is over `max_failure_rate` fails (the CLI exits 1) after its outcomes and
+# call records are stored: Dagster runs the IO manager before it fails a step on a blocking check.
+BLOCKING_CHECKS = frozenset({"failure_rate"})
+
+
+def check_specs() -> list[AssetCheckSpec]:
+    """The asset's checks; `failure_rate` blocks (fails the run), the others only report."""
+    return [AssetCheckSpec(name, asset=NOUN_ENRICHMENTS, blocking=name in BLOCKING_CHECKS) for name in CHECKS]
+
+
+class Backend(HealthCheck, Completer, Protocol):
+    """An LLM backend as the asset uses it: health, completions, and closing its pools."""
+
+    async def aclose(self) -> None: ...
+
+
+class OutcomeCache(Protocol):
+    """Outcomes already stored, by Strong's id (resources/io_managers/cache.py)."""
+
+    def lookup(
+        self, strong_ids: Iterable[str], model: str, prompt_version: str, params_hash: str
+    ) -> dict[str, NounEnrichment]: ...
+
+
+def decide_route(config: EnrichmentConfig, backends: Mapping[str, Backend], settings: Settings) -> RoutingDecision:
+    """The run's decision: live health and RFC-080's rule for `backend: auto`, else the sensor's choice.
+
+    Raises dagster.Failure (naming every backend and why) when no backend is available.
+    """
+    if config.backend == "auto":
+        decision, _, _ = decide_now(backends[LM_STUDIO], backends[REMOTE], settings)
+    else:
+        decision = forced_decision(config.backend, settings, config.routing_reasons)
+    if decision.backend == NO_BACKEND:
+        raise Failure(
+            description=f"no LLM backend available: {'; '.join(decision.reasons)}",
+            metadata={"reasons": MetadataValue.json(decision.reasons)},
+        )
+    return decision
+
+
+def tag_run(context: AssetExecutionContext, decision: RoutingDecision) -> None:
+    """Runs launched by hand decide at start: tag them too, so the UI shows every run's backend."""
+    if BACKEND_TAG not in context.run.tags:
+        context.instance.add_run_tags(context.run_id, {BACKEND_TAG: decision.backend})
+
+
+@dataclass(frozen=True)
+class WorkPlan:
+    """Which nouns a run covers, which already have an outcome, and which it must call for."""
+
+    partitions: list[str]
+    nouns_in_scope: int
+    nouns: list[dict[str, Any]]
+    cached: dict[str, NounEnrichment]
+    todo: list[dict[str, Any]]
+    params_hash: str
+
+    def summary(self, model: str | None, prompt_version: str) -> str:
+        return (
+            f"{len(self.nouns)} nouns in {','.join(self.partitions)}: {len(self.cached)} already enriched for "
+            f"({model}, {prompt_version}), {len(self.todo)} to call"
+        )
+
+
+def plan_work(
+    noun_gematria: pd.DataFrame,
+    partitions: list[str],
+    config: EnrichmentConfig,
+    decision: RoutingDecision,
+    cache: OutcomeCache,
+) -> WorkPlan:
+    """The nouns of `partitions` (at most `config.limit`), minus those with a stored outcome for the
+    decision's model, the prompt version and the parameters (violations too, unless `retry_violations`)."""
+    nouns = nouns_for_partitions(noun_gematria, partitions)
+    in_scope = len(nouns)
+    if config.limit is not None:
+        nouns = nouns[: config.limit]
+    p_hash = params_hash(temperature=config.temperature, max_tokens=config.max_tokens)
+    cached = cache.lookup([n["strong_id"] for n in nouns], decision.model or "", config.prompt_version, p_hash)
+    if config.retry_violations:
+        cached = {k: v for k, v in cached.items() if v.ok}
+    todo = [n for n in nouns if n["strong_id"] not in cached]
+    return WorkPlan(partitions, in_scope, nouns, cached, todo, p_hash)
+
+
+def make_runner(
+    context: AssetExecutionContext,
+    config: EnrichmentConfig,
+    decision: RoutingDecision,
+    plan: WorkPlan,
+    backends: Mapping[str, Backend],
+    settings: Settings,
+) -> EnrichmentRunner:
+    """The runner of this run's calls, on the decision's routes with the run's concurrency."""
+    concurrency = {LM_STUDIO: config.lm_studio_concurrency, REMOTE: config.remote_concurrency}
+    router = build_router(decision, dict(backends), settings, concurrency, config.circuit_cooldown_seconds)
+    info = RunInfo(
+        project_id=settings.gemantria_project_id,
+        run_id=context.run_id,
+        asset_key=NOUN_ENRICHMENTS,
+        routed_backend=decision.backend,
+        prompt_version=config.prompt_version,
+        params_hash=plan.params_hash,
+        temperature=config.temperature,
+        max_tokens=config.max_tokens,
+        response_format=response_format(),
+        tool_by_route=tool_by_route(settings),
+    )
+    return EnrichmentRunner(router, info, context.log.info, config.progress_interval_seconds, config.ramp_up_seconds)
+
+
+def run_calls(
+    runner: EnrichmentRunner,
+    todo: list[dict[str, Any]],
+    backends: Iterable[Backend],
+    save: Callable[[EnrichmentBatch], str],
+) -> EnrichmentBatch:
+    """Make the calls; on an outage of every backend, `save` what was done and raise dagster.Failure
+    (Dagster hands a failed step's value to no IO manager, so the calls made would be lost otherwise)."""
+
+    async def go() -> None:
+        # Returns nothing: asyncio.run would build a repr of a large result on some signal set-ups.
+        try:
+            await runner.run(todo)
+        finally:
+            await asyncio.gather(*(b.aclose() for b in backends))
+
+    try:
+        asyncio.run(go())
+    except AllBackendsDown as exc:
+        where = save(runner.batch)
+        raise Failure(
+            description=f"{exc} ({len(runner.batch.records)} calls and {len(runner.batch.enrichments)} outcomes "
+            f"made before the outage were saved to {where})",
+            metadata=run_stats(runner.batch, failed_nouns=len(runner.failed_nouns)),
+        ) from None
+    return runner.batch
+
+
+def build_result(
+    batch: EnrichmentBatch,
+    plan: WorkPlan,
+    runner: EnrichmentRunner,
+    config: EnrichmentConfig,
+    decision: RoutingDecision,
+    log_error: Callable[[str], None],
+) -> MaterializeResult:
+    """The materialization: the batch for the IO manager, run statistics as metadata, the four checks.
+
+    When the failure rate is over `config.max_failure_rate`, an ERROR says how many nouns failed, of
+    what, and what to do; the blocking `failure_rate` check then fails the run."""
+    failed_nouns = len(runner.failed_nouns)
+    batch.partition = ",".join(plan.partitions)
+    batch.reused = list(plan.cached.values())
+    stats = run_stats(batch, failed_nouns=failed_nouns)
+    verdicts = check_verdicts(
+        batch, nouns_in_scope=plan.nouns_in_scope, failed_nouns=failed_nouns, max_failure_rate=config.max_failure_rate
+    )
+    severity = {"coverage": AssetCheckSeverity.WARN}
+    passed, meta = verdicts["failure_rate"]
+    if not passed:
+        log_error(
+            f"{meta['failures']} nouns failed or were refused ({tally_text(runner.tally) or 'no calls'}): "
+            f"failure rate {meta['failure_rate']:.0%} > max_failure_rate {config.max_failure_rate:.0%}. Every "
+            "call is recorded in control.agent_run; look up the error codes in docs/runbooks/TROUBLESHOOTING.md, "
+            "fix the cause and run again (nouns that have an outcome are not called again)."
+        )
+    return MaterializeResult(
+        value=batch,
+        metadata={
+            **{k: v for k, v in stats.items() if v is not None and k != "backend_mix"},
+            "backend_mix": MetadataValue.json(stats["backend_mix"]),
+            "routed_backend": decision.backend,
+            "routing_reasons": MetadataValue.json(decision.reasons),
+            META_MODEL: decision.model or "",
+            META_PROMPT_VERSION: config.prompt_version,
+            "nouns_in_scope": plan.nouns_in_scope,
+            "letters": ", ".join(f"{p} ({k})" for k, p in LETTER_NAMES.items() if p in plan.partitions),
+        },
+        check_results=[
+            AssetCheckResult(
+                check_name=name, passed=passed, metadata=meta, severity=severity.get(name, AssetCheckSeverity.ERROR)
+            )
+            for name, (passed, meta) in verdicts.items()
+        ],
+    )
