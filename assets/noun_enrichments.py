@@ -7,9 +7,10 @@ from dagster import AssetExecutionContext, BackfillPolicy, asset
 from gemantria_dag.enrichment import steps
 from gemantria_dag.enrichment.config import EnrichmentConfig
 from gemantria_dag.enrichment.partitions import letter_partitions
-from gemantria_dag.names import CONTROL_PLANE_IO_MANAGER, LM_STUDIO, NOUN_ENRICHMENTS, REMOTE
+from gemantria_dag.names import CONTROL_PLANE_IO_MANAGER, ENGINE, LM_STUDIO, NOUN_ENRICHMENTS, REMOTE
 from gemantria_dag.settings import get_settings
 from resources.io_managers.factory import enrichment_cache_for, persist_batch
+from resources.llm.engine import EmbeddedEngineResource
 from resources.llm.lm_studio import LMStudioResource
 from resources.llm.remote import RemoteLLMResource
 
@@ -31,9 +32,10 @@ def noun_enrichments(
     noun_gematria: pd.DataFrame,
     lm_studio: LMStudioResource,
     remote: RemoteLLMResource,
+    engine: EmbeddedEngineResource,
 ):  # no annotation: with check_specs Dagster would type the output as Nothing
     settings = get_settings()
-    backends = {LM_STUDIO: lm_studio, REMOTE: remote}
+    backends = {LM_STUDIO: lm_studio, REMOTE: remote, ENGINE: engine}
     decision = steps.decide_route(config, backends, settings)
     context.log.info("routing (%s): %s", config.decided_by, decision.summary())
     steps.tag_run(context, decision)

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from gemantria_dag.db.embedded import MAX_PGDATA_PATH
+from gemantria_dag.names import BACKEND_TAG, ENGINE, LM_STUDIO, REMOTE
 from gemantria_dag.settings import Settings
 
 DAGSTER_SCHEMA = "dagster"
@@ -55,8 +56,10 @@ def instance_config(settings: Settings) -> dict[str, Any]:
             "runs": {
                 "max_concurrent_runs": 4,
                 "tag_concurrency_limits": [
-                    {"key": "gemantria/llm_backend", "value": "lm_studio", "limit": 1},
-                    {"key": "gemantria/llm_backend", "value": "remote", "limit": 3},
+                    {"key": BACKEND_TAG, "value": LM_STUDIO, "limit": 1},
+                    {"key": BACKEND_TAG, "value": REMOTE, "limit": 3},
+                    # The embedded engine's slots are shared by the runs on it, as LM Studio's are.
+                    {"key": BACKEND_TAG, "value": ENGINE, "limit": 1},
                 ],
             },
             "pools": {"default_limit": 2},

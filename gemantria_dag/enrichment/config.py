@@ -13,7 +13,7 @@ from gemantria_dag.enrichment.prompt import PROMPT_VERSION
 class EnrichmentConfig(Config):
     """Every field has a default that routes sanely on its own (runs launched by hand get them)."""
 
-    backend: Literal["auto", "lm_studio", "remote"] = Field(
+    backend: Literal["auto", "lm_studio", "remote", "engine"] = Field(
         "auto", description="The routing decision; 'auto' decides at run start from live health (RFC-080 rules)."
     )
     routing_reasons: list[str] = Field(default_factory=list, description="Why the sensor chose this backend.")

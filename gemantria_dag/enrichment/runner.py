@@ -75,6 +75,7 @@ def _record(
             routed_backend=info.routed_backend,
             backend=attempt.route.name,
             fallback=attempt.fallback,
+            server=attempt.route.server,
             prompt_version=info.prompt_version,
             purpose=purpose,  # type: ignore[arg-type]
         ),

@@ -24,6 +24,7 @@ def run_stats(batch: EnrichmentBatch, *, failed_nouns: int) -> dict[str, Any]:
         "calls_made": len(records),
         "calls_failed": sum(not r.result.ok for r in records),
         "cache_hits": len(batch.reused),
+        "reused_ok": sum(e.ok for e in batch.reused),
         "nouns_enriched": sum(e.ok for e in batch.enrichments),
         "violations": sum(not e.ok for e in batch.enrichments),
         "nouns_failed": failed_nouns,
@@ -60,4 +61,13 @@ def check_verdicts(
             {"out_of_range": len(bad_confidence), "examples": ", ".join(bad_confidence[:10])},
         ),
         "no_empty_insight": (not empty, {"empty": len(empty), "examples": ", ".join(empty[:10])}),
+        # Nouns the run got no answer for (every backend's calls failed): over the threshold, the run failed.
+        "failed_nouns": (
+            (failed_nouns / attempted if attempted else 0.0) <= max_failure_rate,
+            {
+                "failed_nouns": failed_nouns,
+                "failed_rate": failed_nouns / attempted if attempted else 0.0,
+                "threshold": max_failure_rate,
+            },
+        ),
     }

@@ -31,6 +31,7 @@ from gemantria_dag.enrichment.stats import check_verdicts, run_stats
 from gemantria_dag.llm.health import HealthCheck
 from gemantria_dag.names import (
     BACKEND_TAG,
+    ENGINE,
     LM_STUDIO,
     META_MODEL,
     META_PROMPT_VERSION,
@@ -43,14 +44,16 @@ from gemantria_dag.routing.failover import Completer
 from gemantria_dag.routing.live import decide_now
 from gemantria_dag.settings import Settings
 
-CHECKS = ("coverage", "failure_rate", "confidence_in_range", "no_empty_insight")
-# A run whose failure rate is over `max_failure_rate` fails (the CLI exits 1) after its outcomes and
-# call records are stored: Dagster runs the IO manager before it fails a step on a blocking check.
-BLOCKING_CHECKS = frozenset({"failure_rate"})
+CHECKS = ("coverage", "failure_rate", "confidence_in_range", "no_empty_insight", "failed_nouns")
+# A run that got no answer for more than `max_failure_rate` of its nouns fails (the CLI exits 1) after
+# its outcomes and call records are stored: Dagster runs the IO manager before it fails a step on a
+# blocking check. Answers that do not validate (violations, truncated) fail `failure_rate`, which
+# reports without failing the run: the answers came, and they are stored.
+BLOCKING_CHECKS = frozenset({"failed_nouns"})
 
 
 def check_specs() -> list[AssetCheckSpec]:
-    """The asset's checks; `failure_rate` blocks (fails the run), the others only report."""
+    """The asset's checks; `failed_nouns` blocks (fails the run), the others only report."""
     return [AssetCheckSpec(name, asset=NOUN_ENRICHMENTS, blocking=name in BLOCKING_CHECKS) for name in CHECKS]
 
 
@@ -69,12 +72,15 @@ class OutcomeCache(Protocol):
 
 
 def decide_route(config: EnrichmentConfig, backends: Mapping[str, Backend], settings: Settings) -> RoutingDecision:
-    """The run's decision: live health and RFC-080's rule for `backend: auto`, else the sensor's choice.
+    """The run's decision: live health and RFC-080's rule for `backend: auto` (the embedded engine as the
+    last resort), else the sensor's choice. A decision for the embedded engine starts it.
 
-    Raises dagster.Failure (naming every backend and why) when no backend is available.
+    Raises dagster.Failure (naming every backend and why) when no backend is available or the engine
+    cannot start.
     """
     if config.backend == "auto":
-        decision, _, _ = decide_now(backends[LM_STUDIO], backends[REMOTE], settings)
+        engine = backends.get(ENGINE)
+        decision, _, _ = decide_now(backends[LM_STUDIO], backends[REMOTE], settings, engine)
     else:
         decision = forced_decision(config.backend, settings, config.routing_reasons)
     if decision.backend == NO_BACKEND:
@@ -82,6 +88,12 @@ def decide_route(config: EnrichmentConfig, backends: Mapping[str, Backend], sett
             description=f"no LLM backend available: {'; '.join(decision.reasons)}",
             metadata={"reasons": MetadataValue.json(decision.reasons)},
         )
+    if decision.backend == ENGINE:
+        engine = backends[ENGINE]
+        try:
+            engine.ensure_started()  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - EngineFileError / EngineStartError: one clear line
+            raise Failure(description=f"the embedded engine did not start: {exc}") from None
     return decision
 
 
@@ -139,7 +151,7 @@ def make_runner(
     settings: Settings,
 ) -> EnrichmentRunner:
     """The runner of this run's calls, on the decision's routes with the run's concurrency."""
-    concurrency = {LM_STUDIO: config.lm_studio_concurrency, REMOTE: config.remote_concurrency}
+    concurrency = {LM_STUDIO: config.lm_studio_concurrency, REMOTE: config.remote_concurrency, ENGINE: None}
     router = build_router(decision, dict(backends), settings, concurrency, config.circuit_cooldown_seconds)
     info = RunInfo(
         project_id=settings.gemantria_project_id,
@@ -204,13 +216,13 @@ def build_result(
         batch, nouns_in_scope=plan.nouns_in_scope, failed_nouns=failed_nouns, max_failure_rate=config.max_failure_rate
     )
     severity = {"coverage": AssetCheckSeverity.WARN}
-    passed, meta = verdicts["failure_rate"]
+    passed, meta = verdicts["failed_nouns"]
     if not passed:
         log_error(
-            f"{meta['failures']} nouns failed or were refused ({tally_text(runner.tally) or 'no calls'}): "
-            f"failure rate {meta['failure_rate']:.0%} > max_failure_rate {config.max_failure_rate:.0%}. Every "
+            f"no answer for {failed_nouns} of {len(plan.todo)} nouns ({tally_text(runner.tally)}): "
+            f"{meta['failed_rate']:.0%} > max_failure_rate {config.max_failure_rate:.0%}, so the run fails. Every "
             "call is recorded in control.agent_run; look up the error codes in docs/runbooks/TROUBLESHOOTING.md, "
-            "fix the cause and run again (nouns that have an outcome are not called again)."
+            "fix the cause and run again (only the nouns without an outcome are called again)."
         )
     return MaterializeResult(
         value=batch,

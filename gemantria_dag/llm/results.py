@@ -112,7 +112,9 @@ class CompletionResult(BaseModel):
     metadata: CompletionMetadata
 
 
-HealthMode = Literal["lm_ready", "lm_loading", "lm_off", "remote_ready", "remote_off", "error"]
+HealthMode = Literal[
+    "lm_ready", "lm_loading", "lm_off", "remote_ready", "remote_off", "engine_ready", "engine_off", "error"
+]
 ServerKind = Literal["lm_studio", "lm_studio_legacy", "openai_compatible"]
 
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, Field
 
 from gemantria_dag.llm.results import HealthResult
-from gemantria_dag.names import LM_STUDIO, NO_BACKEND, REMOTE, Backend, Route
+from gemantria_dag.names import ENGINE, LM_STUDIO, NO_BACKEND, REMOTE, Backend, Route
 from gemantria_dag.settings import Settings
 
 # RFC-080: LM Studio only when its health check answers in under 5 s.
@@ -76,11 +76,14 @@ def remote_problems(remote: HealthResult | None, settings: Settings) -> list[str
     return []
 
 
-def select_backend(lm: HealthResult | None, remote: HealthResult | None, settings: Settings) -> RoutingDecision:
-    """RFC-080's rule: LM Studio when eligible, else the remote when configured and healthy, else none.
+def select_backend(
+    lm: HealthResult | None, remote: HealthResult | None, settings: Settings, engine: HealthResult | None = None
+) -> RoutingDecision:
+    """RFC-080's rule: LM Studio when eligible, else the remote when configured and healthy, else the
+    embedded engine when it can serve (the last resort), else none.
 
-    `lm` / `remote` are the backends' health results (None: not checked). A model that is still loading
-    (`lm_loading`) gets the run only when the remote cannot take it. LM Studio is eligible
+    `lm` / `remote` / `engine` are the backends' health results (None: not checked). A model that is
+    still loading (`lm_loading`) gets the run only when the remote cannot take it. LM Studio is eligible
     when `USE_LM_STUDIO` is on, `LM_STUDIO_MODEL` is set, health is `lm_ready` in under 5 s
     (`MAX_HEALTH_LATENCY_MS`, RFC-080) and the model is listed and loaded where the server tells.
     Pure: no I/O, never raises; the reasons name every rule that failed.
@@ -95,7 +98,20 @@ def select_backend(lm: HealthResult | None, remote: HealthResult | None, setting
         # Nothing else can serve: a model that is loading will answer soon, and calls wait for it.
         wait = f"LM Studio is loading its model: calls wait up to {settings.lm_studio_load_timeout_seconds:g} s"
         return forced_decision(LM_STUDIO, settings, [*lm_why, *remote_why, wait])
-    return RoutingDecision(backend=NO_BACKEND, reasons=[*lm_why, *remote_why])
+    if engine is None:  # not checked: only the RFC's two backends count
+        return RoutingDecision(backend=NO_BACKEND, reasons=[*lm_why, *remote_why])
+    engine_why = engine_problems(engine)
+    if not engine_why:
+        last = "the embedded engine is the last resort: " + (engine.details.message or "available")
+        return forced_decision(ENGINE, settings, [*lm_why, *remote_why, last])
+    return RoutingDecision(backend=NO_BACKEND, reasons=[*lm_why, *remote_why, *engine_why])
+
+
+def engine_problems(engine: HealthResult) -> list[str]:
+    """Why the embedded engine is not eligible (empty when it is)."""
+    if not (engine.ok and engine.mode == "engine_ready"):
+        return [engine.details.message or f"embedded engine health is {engine.mode}"]
+    return []
 
 
 def forced_decision(backend: Route, settings: Settings, reasons: list[str]) -> RoutingDecision:
@@ -110,4 +126,6 @@ def forced_decision(backend: Route, settings: Settings, reasons: list[str]) -> R
             fallback_model=settings.remote_llm_model if fallback else None,
             reasons=reasons,
         )
+    if backend == ENGINE:
+        return RoutingDecision(backend=ENGINE, model=settings.engine_model, reasons=reasons)
     return RoutingDecision(backend=REMOTE, model=settings.remote_llm_model, reasons=reasons)

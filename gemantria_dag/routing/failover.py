@@ -37,11 +37,13 @@ class Completer(Protocol):
 class Route:
     """One backend of a run: its completer, model, calls in flight and circuit breaker."""
 
-    name: str  # a route of gemantria_dag.names: LM_STUDIO or REMOTE
+    name: str  # a route of gemantria_dag.names: LM_STUDIO, REMOTE or ENGINE
     backend: Completer
     model: str | None
     concurrency: int
     breaker: CircuitBreaker
+    # Which server answers (recorded with each call), e.g. its base URL.
+    server: str | None = None
     semaphore: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:

@@ -94,6 +94,11 @@ class LLMBackend(ConfigurableResource, abc.ABC):
     # ------------------------------------------------------------ shared per-instance state
 
     @property
+    def server_label(self) -> str:
+        """Which server answers this backend's calls (recorded with each call): its base URL."""
+        return self.base_url
+
+    @property
     def chat_url(self) -> str:
         return f"{self.base_url.rstrip('/')}/chat/completions"
 
