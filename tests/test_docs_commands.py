@@ -463,7 +463,53 @@ def _message_substituted(world: DocsWorld, caplog: pytest.LogCaptureFixture) -> 
     return "\n".join(r.getMessage() for r in caplog.records)
 
 
+def _message_max_tokens(world: DocsWorld, caplog: pytest.LogCaptureFixture) -> str:
+    from gemantria_dag.enrichment.prompt import response_format
+    from resources.llm.lm_studio import LMStudioResource
+
+    world.scenario(scenario="loaded")
+    result = LMStudioResource(base_url=f"{world.emulator_root}/v1", model=DOC_MODEL).complete(
+        "Describe the Hebrew noun אב at length.", max_tokens=16, response_format=response_format()
+    )
+    assert result.error is not None, result
+    return f"{result.error.code.value}: {result.error.message}"
+
+
+def _message_model_loading(world: DocsWorld, caplog: pytest.LogCaptureFixture) -> str:
+    from resources.llm.lm_studio import LMStudioResource
+    from tests.servers.fault_server import FaultServer
+
+    server = FaultServer().start().loading_for(60)
+    try:
+        result = LMStudioResource(base_url=server.base_url, model=DOC_MODEL, load_timeout_seconds=1.5).complete(
+            "Define אב.", max_tokens=8
+        )
+    finally:
+        server.stop()
+    assert result.error is not None, result
+    return f"{result.error.code.value}: {result.error.message}"
+
+
+def _message_error_in_200(world: DocsWorld, caplog: pytest.LogCaptureFixture) -> str:
+    from resources.llm.remote import RemoteLLMResource
+    from tests.servers.fault_server import FaultServer, error_in_200
+
+    server = FaultServer().start()
+    try:
+        server.script("POST /v1/chat/completions", error_in_200(429))
+        result = RemoteLLMResource(
+            base_url=server.base_url, model="gpt-4o-mini", max_attempts=1, backoff_base_seconds=0
+        ).complete("Define אב.", max_tokens=8)
+    finally:
+        server.stop()
+    assert result.error is not None, result
+    return f"{result.error.code.value}: {result.error.message}"
+
+
 MESSAGES = {
+    "max_tokens": _message_max_tokens,
+    "model_loading": _message_model_loading,
+    "error_in_200": _message_error_in_200,
     "timeout": _message_timeout,
     "rate_limited": _message_rate_limited,
     "truncated": _message_truncated,

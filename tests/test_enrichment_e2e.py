@@ -127,3 +127,31 @@ def test_64_calls_in_flight_each_recorded_exactly_once(
         result.run_id,
     )
     assert outcomes == [(700,)]
+
+
+@pytest.mark.timeout(300)
+def test_no_lm_studio_no_remote_runs_on_the_embedded_engine(
+    lexicon_instance: DagsterInstance, lm_down: None, control_plane_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gemantria_dag.engine.server import stop_engine
+    from gemantria_dag.settings import get_settings, reset_settings_cache
+
+    monkeypatch.setenv("USE_ENGINE", "1")
+    reset_settings_cache()
+    try:
+        run = enrich(lexicon_instance, VAV, {"max_tokens": 64})
+        meta = metadata(run)
+        assert meta["routed_backend"] == "engine" and meta["model"] == get_settings().engine_model
+        assert meta["nouns_enriched"] + meta["violations"] + meta["nouns_failed"] == 3
+        runs = _rows(
+            control_plane_dsn,
+            "SELECT tool, args_json FROM control.agent_run WHERE args_json->>'run_id' = %s",
+            run.run_id,
+        )
+        assert len(runs) == meta["calls_made"] >= 3
+        for tool, args in runs:
+            # Its own tool name, never lm_studio, and the server that answered.
+            assert tool == "embedded_engine" and args["backend"] == "engine"
+            assert args["server"].startswith("llama-server at http://127.0.0.1:")
+    finally:
+        stop_engine(get_settings())

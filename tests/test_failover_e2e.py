@@ -33,7 +33,8 @@ class DoomedEngine:
         self._watch = threading.Thread(target=self._kill_after, daemon=True)
 
     def _answered(self) -> int:
-        return self.log.read_text(errors="replace").count('"POST /v1/chat/completions HTTP/1.1" 200')
+        # llama-server logs no access lines; it logs one "stop processing" line per finished completion.
+        return self.log.read_text(errors="replace").count("stop processing")
 
     def _kill_after(self) -> None:
         deadline = time.monotonic() + 240

@@ -159,7 +159,7 @@ def test_structured_output_learns_each_servers_form(fault_server: FaultServer, c
     lm = lm_at(fault_server.base_url)
     fmt = {"type": "json_schema", "json_schema": {"name": "gloss", "schema": SCHEMA}}
     ok = json_reply(chat_completion('{"gloss": "father"}'))
-    # A llama-cpp-python server: json_schema refused with a 500, json_object taken.
+    # A server that refuses json_schema, as llama-cpp-python's does (a 500): json_object taken.
     fault_server.script(CHAT, json_schema_rejected(), ok)
     first = call(lm, "gloss?", response_format=fmt)
     assert first.ok and first.metadata.attempts == 2 and first.metadata.response_format_type == "json_object"

@@ -159,6 +159,8 @@ def test_health_ready_on_a_plain_openai_server(lm: LMStudioResource, llama_serve
     assert d.available_models == [llama_server.model]
     assert d.model_present is True and d.model_loaded is None
     assert d.error is None and d.latency_ms > 0 and d.base_url == llama_server.base_url
+    # llama-server takes json_schema: health's one structured-output check passes.
+    assert d.structured_output == "ok" and d.structured_output_check is not None
 
 
 def test_health_unknown_model(llama_server: LlamaServer) -> None:

@@ -39,7 +39,14 @@ from tests.servers.fault_server import (
 
 TOKEN = "lm-test-TOKEN-31337"
 OPENAI_CHAT = "/v1/chat/completions"
-SCHEMA = {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]}
+# Bounded (maxLength), so that the grammar ends the object well within max_tokens: a structured answer
+# cut by max_tokens would be `truncated`, not an answer.
+SCHEMA = {
+    "type": "object",
+    "properties": {"word": {"type": "string", "maxLength": 16}},
+    "required": ["word"],
+    "additionalProperties": False,
+}
 
 Caller = Callable[..., CompletionResult]
 
@@ -396,10 +403,13 @@ def test_native_chat_takes_structured_output(
     make_lm: Callable[..., LMStudioResource], lmstudio: LMStudioEmulator
 ) -> None:
     fmt = {"type": "json_schema", "json_schema": {"name": "word", "schema": SCHEMA}}
-    result = make_lm().complete("Give one Hebrew word as JSON.", max_tokens=32, response_format=fmt, temperature=0.0)
+    result = make_lm().complete("Give one Hebrew word as JSON.", max_tokens=96, response_format=fmt, temperature=0.0)
     # LM Studio takes json_schema at once (it would refuse json_object).
-    assert result.ok and result.metadata.attempts == 1 and result.metadata.response_format_type == "json_schema"
-    assert result.metadata.endpoint == NATIVE_CHAT
+    assert result.ok, result.error
+    assert result.metadata.attempts == 1 and result.metadata.response_format_type == "json_schema"
+    assert result.metadata.endpoint == NATIVE_CHAT and result.metadata.finish_reason == "stop"
+    word = json.loads(result.response or "")["word"]
+    assert isinstance(word, str) and len(word) <= 16  # the schema reached the engine
 
 
 def test_other_servers_get_client_timings(llama_server: LlamaServer) -> None:

@@ -328,6 +328,7 @@ def test_v0_chat_completions_add_stats(http: httpx.Client, lmstudio: LMStudioEmu
 
     plain = chat(http, lmstudio.model).json()
     assert "stats" not in plain
+    assert "timings" not in body and "timings" not in plain  # llama-server's own field: LM Studio sends none
 
     text = http.post("/api/v0/completions", json={"model": lmstudio.model, "prompt": "The sky is", "max_tokens": 4})
     assert text.status_code == 200 and text.json()["object"] == "text_completion" and "stats" in text.json()
@@ -355,7 +356,11 @@ def test_streaming(http: httpx.Client, lmstudio: LMStudioEmulator) -> None:
     content_chunks = [ch for c in chunks for ch in c["choices"] if ch.get("delta", {}).get("content")]
     usage = chunks[-1]["usage"]
     assert chunks[-1]["choices"] == []
-    assert usage["completion_tokens"] == len(content_chunks) > 0 and usage["prompt_tokens"] > 0
+    # The engine's own count: cut at max_tokens, so exactly 6, however many chunks they made (a
+    # character of several tokens comes in one chunk).
+    assert usage["completion_tokens"] == 6 and usage["total_tokens"] == usage["prompt_tokens"] + 6
+    assert 0 < len(content_chunks) <= 6 and usage["prompt_tokens"] > 0
+    assert not any("timings" in c for c in chunks)  # llama-server's own field: LM Studio sends none
 
 
 @pytest.mark.parametrize("mode", ["eof", "done", "abort"])

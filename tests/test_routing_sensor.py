@@ -114,3 +114,18 @@ def test_hung_lm_studio_cannot_stall_a_tick(
     assert elapsed < 30, elapsed
     assert decision(result)["backend"] == "remote"
     assert any("timeout" in r.lower() or "timed out" in r.lower() for r in decision(result)["reasons"])
+
+
+def test_embedded_engine_is_the_last_resort_and_not_auto_launched(
+    lexicon_instance: DagsterInstance, lm_down: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("USE_ENGINE", "1")
+    result = tick(lexicon_instance)
+    assert decision(result)["backend"] == "engine"
+    assert any("last resort" in r for r in decision(result)["reasons"])
+    assert not result.run_requests and result.skip_reason is not None
+    assert "embedded engine available, not auto-launched" in result.skip_reason.skip_message
+    # Asked to, the sensor launches runs on it, tagged with it.
+    monkeypatch.setenv("LLM_ROUTING_AUTO_LAUNCH_ENGINE", "1")
+    launched = tick(lexicon_instance)
+    assert launched.run_requests and all(r.tags[BACKEND_TAG] == "engine" for r in launched.run_requests)

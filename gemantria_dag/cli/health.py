@@ -12,7 +12,10 @@ from gemantria_dag.cli.output import fail_on_settings_error, print_json
 from gemantria_dag.llm.health import LMStudioHealthCheck, RemoteHealthCheck
 from gemantria_dag.llm.results import HealthResult
 
-app = typer.Typer(help="Health of the LLM backends (never spends a completion).", no_args_is_help=True)
+app = typer.Typer(
+    help="Health of the LLM backends (at most one 24-token structured-output check per server and model).",
+    no_args_is_help=True,
+)
 
 PRETTY = typer.Option(False, "--pretty", help="A readable table instead of JSON.")
 

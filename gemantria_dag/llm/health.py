@@ -27,7 +27,8 @@ ROUTING_OFF_NOTE = (
 
 
 class HealthCheck(Protocol):
-    """Anything with a cheap `health()` that never spends a completion and never raises for a backend fault."""
+    """Anything with a cheap `health()` that never raises for a backend fault (LM Studio's spends at most one
+    tiny structured-output check per server and model: structured_check.py)."""
 
     def health(self) -> HealthResult: ...
 

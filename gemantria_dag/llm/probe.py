@@ -3,7 +3,7 @@
 The resources' `health()` methods and `pmagent health` both call these; the CLI imports this
 module directly so that a health check does not pay for importing Dagster (about 1 s here).
 
-A health check reads small GET answers only: it never spends a completion, and it runs on a
+These probes read small GET answers only: they never spend a completion, and they run on a
 budget of its own (connect 1 s, everything at most HEALTH_BUDGET_SECONDS) so that a server
 which accepts a connection and never answers cannot stall a caller.
 

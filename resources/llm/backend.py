@@ -77,7 +77,7 @@ class LLMBackend(ConfigurableResource, abc.ABC):
 
     @abc.abstractmethod
     def health(self) -> HealthResult:
-        """A cheap check that never spends a completion and never raises for a backend failure."""
+        """A cheap check that never raises for a backend failure (at most one tiny structured-output check)."""
 
     def _not_configured(self) -> str | None:
         """Why this backend cannot be called at all (a configuration gap), or None."""
