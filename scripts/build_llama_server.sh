@@ -4,7 +4,7 @@
 # Why this way: only PyPI/Debian/npm are reachable from our hosts, so the llama.cpp source
 # comes from the llama-cpp-python sdist (it vendors llama.cpp, tools/server included) and
 # is pinned by sha256. The build is portable AVX2 (GGML_NATIVE=OFF): a -march=native build
-# crashes on these hosts' AMX CPUs on the first token (see build_llama_wheel.sh).
+# crashes on these hosts' AMX CPUs on the first token (ggml_backend_amx_mul_mat).
 # LLAMA_USE_PREBUILT_UI=OFF / LLAMA_BUILD_UI=OFF keep the build from downloading a web UI,
 # and LLAMA_OPENSSL=OFF avoids needing libssl headers. BUILD_SHARED_LIBS=OFF gives a single
 # self-contained binary that can be moved anywhere.

@@ -16,7 +16,8 @@ from tests.fixtures.processes import VENV_BIN, cli_env
 VAV = "vav"  # 3 nouns
 # Routed to LM Studio by an earlier decision (the sensor's), as when the model unloads between
 # the sensor's tick and the run: the run must cope with what LM Studio does then.
-ON_LM_STUDIO = {"backend": "lm_studio", "routing_reasons": ["test"], "max_tokens": 48, "lm_studio_concurrency": 1}
+# 160 tokens: enough for SmolLM2 to close its JSON most of the time (a cut answer is `truncated`).
+ON_LM_STUDIO = {"backend": "lm_studio", "routing_reasons": ["test"], "max_tokens": 160, "lm_studio_concurrency": 1}
 
 
 @pytest.mark.timeout(300)
@@ -35,12 +36,13 @@ def test_just_in_time_load_does_not_fail_the_first_call(
     assert lmstudio_env.stats()["jit_loads"] >= 1
     with psycopg.connect(control_plane_dsn) as conn:
         rows = conn.execute(
-            "SELECT tool, (result_json->>'ok')::boolean, (result_json->>'latency_ms')::float "
+            "SELECT tool, coalesce(result_json->>'error_code', 'answered'), (result_json->>'latency_ms')::float "
             "FROM control.agent_run ORDER BY created_at"
         ).fetchall()
-    tool, ok, latency_ms = rows[0]
-    # The first call waited out the whole load (longer than a call may take) and succeeded.
-    assert tool == "lm_studio" and ok and latency_ms > 5_000
+    tool, outcome, latency_ms = rows[0]
+    # The first call waited out the whole load (longer than a call may take) and was answered (a 135M
+    # model may still run out of max_tokens: `truncated` is an answer; a timeout would not be).
+    assert tool == "lm_studio" and outcome in ("answered", "truncated") and latency_ms > 5_000
 
 
 @pytest.mark.timeout(300)

@@ -126,7 +126,7 @@ def test_ui_in_a_real_browser(ui_stack: UIStack, ui_page: Any) -> None:
         graph.get_by_text(asset, exact=True).first.wait_for()
     node = graph.filter(has=page.get_by_text("noun_enrichments", exact=True))
     node.get_by_text("Asset checks").first.wait_for()
-    node.get_by_text(re.compile(r"\b\d+ / 4\b")).first.wait_for()  # "0 / 4 Passed": its four checks
+    node.get_by_text(re.compile(r"\b\d+ / 5\b")).first.wait_for()  # "0 / 5 Passed": its five checks
     shot(page, "01-asset-graph")
 
     # ... and the four checks by name on the asset's Checks tab.

@@ -1,8 +1,9 @@
-"""A faithful LM Studio on loopback: its HTTP API emulated in front of a real OpenAI-compatible engine.
+"""A faithful LM Studio on loopback: its HTTP API emulated in front of a real llama.cpp engine.
 
 LM Studio cannot run on the test machines, so this server speaks its API (as LM Studio's docs and
-issue tracker describe it) and forwards generation to the real llama.cpp SmolLM2 server: answers,
-token counts and timings stay real, while the catalogue, loading and LM Studio's quirks are modelled.
+issue tracker describe it) and forwards generation to llama.cpp's `llama-server` serving SmolLM2
+(LM Studio runs llama.cpp too): answers, token counts and timings stay real, while the catalogue,
+loading and LM Studio's quirks are modelled.
 
     python -m tests.lmstudio_emulator --upstream http://127.0.0.1:8000/v1 --port 1234 [--token T] \
         [--jit-load-seconds S] [--scenario loaded|downloaded|none_loaded|two_loaded|one_other_loaded]
@@ -17,8 +18,9 @@ LM Studio routes
   `model_instance_id`, `config`, `load_time_seconds`; loading a loaded model adds `key:2`) and
   `POST /api/v1/models/unload` `{"instance_id"}`.
 - `POST /v1/chat/completions`, `/v1/completions`, and `/api/v0/chat/completions`,
-  `/api/v0/completions` (the same plus `stats`, `model_info`, `runtime`). Streaming (`"stream": true`)
-  is forwarded chunk by chunk; `stream_options.include_usage` adds a final usage chunk.
+  `/api/v0/completions` (the same plus `stats`, `model_info`, `runtime`; `stats` come from
+  llama-server's `timings`, which are dropped from every answer). Streaming (`"stream": true`) is
+  forwarded chunk by chunk; `stream_options.include_usage` adds llama-server's final usage chunk.
 - Anything else: HTTP 200 `{"error": "Unexpected endpoint or method. (GET /health)"}`.
 - With a token set, every route but the greeting answers 401
   `{"error": {"type": "invalid_request", "code": "invalid_api_key", "message": ...}}` without
@@ -36,11 +38,11 @@ Which model answers (`resolve` in app.py)
 5. Otherwise: 404 with code `model_not_found`.
 Other errors: crashed model -> 400 `{"error": "The model has crashed without additional information.
 (Exit code: null)"}`; `response_format` `json_object` -> 400 `{"error": "'response_format.type' must be
-'json_schema' or 'text'"}` (both plain strings, as LM Studio sends them); `json_schema` is accepted and
-sent upstream as llama-cpp-python wants it, `{"type": "json_object", "schema": ...}`.
+'json_schema' or 'text'"}` (both plain strings, as LM Studio sends them); `json_schema` (and `text`)
+is accepted and sent upstream as it came: llama-server takes it as LM Studio does.
 
-Predictions: at most `--max-predictions` (4) at once, the rest queued; upstream calls are serialised
-(`--upstream-parallel 1`) because llama-cpp-python interrupts a stream when another request arrives.
+Predictions: at most `--max-predictions` (4) at once, the rest queued; llama-server serves them in
+parallel (give it as many `--parallel` slots).
 
 Test control (not LM Studio): `GET /__admin/state`, `GET /__admin/stats`, `POST /__admin/scenario`
 (`{"scenario"?: name, "loaded"?: [keys], <knob>: value, ...}`: with a scenario it resets to it first,

@@ -1,4 +1,4 @@
-"""Run the LM Studio emulator in front of an OpenAI-compatible server.
+"""Run the LM Studio emulator in front of llama.cpp's llama-server.
 
     python -m tests.lmstudio_emulator --upstream http://127.0.0.1:8000/v1 --port 1234 \
         [--token T] [--jit-load-seconds 2] [--scenario loaded] [--jit on|off] [--model KEY]
@@ -18,11 +18,13 @@ from tests.lmstudio_emulator.catalogue import DEFAULT_SCENARIO, PRIMARY_MODEL, S
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.lmstudio_emulator",
-        description="LM Studio's API emulated in front of a real OpenAI-compatible "
-        "server (generation is forwarded to it).",
+        description="LM Studio's API emulated in front of a real llama.cpp llama-server "
+        "(generation is forwarded to it).",
     )
     parser.add_argument(
-        "--upstream", required=True, help="the upstream OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"
+        "--upstream",
+        required=True,
+        help="the upstream llama-server's OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1",
     )
     parser.add_argument(
         "--upstream-model", default=None, help="the upstream's model name (default: the first of its /v1/models)"
@@ -48,13 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--jit", choices=["on", "off"], default=None, help="just-in-time loading (default: the scenario's)"
     )
     parser.add_argument("--model", default=PRIMARY_MODEL, help="the key of the configured (primary) model")
-    parser.add_argument("--max-predictions", type=int, default=4, help="predictions at once; the rest queue")
     parser.add_argument(
-        "--upstream-parallel",
+        "--max-predictions",
         type=int,
-        default=1,
-        help="requests sent to the upstream at once (llama-cpp-python serves one and, by "
-        "default, interrupts a stream when another request arrives)",
+        default=4,
+        help="predictions at once, the rest queue (give the upstream llama-server as many --parallel slots)",
     )
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)
@@ -71,7 +71,6 @@ def main(argv: list[str] | None = None) -> None:
         jit_load_seconds=args.jit_load_seconds,
         jit=None if args.jit is None else args.jit == "on",
         max_predictions=args.max_predictions,
-        upstream_parallel=args.upstream_parallel,
         primary_model=args.model,
     )
     print(

@@ -58,14 +58,13 @@ CUT_MODES = ("eof", "done", "abort")
 class EmulatorConfig:
     """Fixed for the life of the process (the CLI's options)."""
 
-    upstream: str  # the upstream OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
+    upstream: str  # the upstream llama-server's OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
     upstream_model: str | None = None  # the upstream's model name; None: the first of its /v1/models
     scenario: str = DEFAULT_SCENARIO
     token: str | None = None
     jit_load_seconds: float = 2.0
     jit: bool | None = None  # None: the scenario's default
     max_predictions: int = 4
-    upstream_parallel: int = 1
     primary_model: str = PRIMARY_MODEL
 
     def __post_init__(self) -> None:
@@ -143,7 +142,6 @@ class Emulator:
         self.other = OTHER_MODEL
         self.upstream_model = config.upstream_model
         self.prediction_slots = asyncio.Semaphore(config.max_predictions)
-        self.upstream_slots = asyncio.Semaphore(config.upstream_parallel)
         self.load_lock = asyncio.Lock()
         self.session: aiohttp.ClientSession | None = None
         self.epoch = 0
@@ -332,17 +330,13 @@ class Emulator:
         return self.upstream_model
 
     async def upstream_body(self, body: dict[str, Any]) -> dict[str, Any]:
-        """The request as the upstream (llama-cpp-python) wants it."""
-        out = {k: v for k, v in body.items() if k not in {"ttl", "draft_model", "stream_options"}}
+        """The request as llama-server takes it: LM Studio's own fields dropped, the upstream's model named.
+
+        Everything else goes as it came: llama-server takes `response_format` `json_schema` (and
+        `text`), `max_tokens` -1 (no limit) and `stream_options.include_usage` as LM Studio does.
+        """
+        out = {k: v for k, v in body.items() if k not in {"ttl", "draft_model"}}
         out["model"] = await self.ensure_upstream_model()
-        if out.get("max_tokens") is not None and out["max_tokens"] < 0:  # LM Studio: -1 means no limit
-            out.pop("max_tokens")
-        fmt = out.get("response_format")
-        if isinstance(fmt, dict):
-            if fmt.get("type") == "text":
-                out.pop("response_format")
-            elif fmt.get("type") == "json_schema":
-                out["response_format"] = {"type": "json_object", "schema": fmt["json_schema"]["schema"]}
         return out
 
     async def upstream_post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -351,14 +345,17 @@ class Emulator:
         async with self.session.post(f"{self.config.upstream}/{path}", json=body) as resp:
             return resp.status, _json_body(await resp.text())
 
-    async def prompt_tokens(self, path: str, ubody: dict[str, Any]) -> int | None:
-        """The exact prompt token count: a one-token generation (the engine reuses the cached prompt)."""
-        probe = {**ubody, "max_tokens": 1, "stream": False}
-        probe.pop("response_format", None)
-        status, data = await self.upstream_post(path, probe)
-        if status != 200:
-            return None
-        return data.get("usage", {}).get("prompt_tokens")
+
+def _v0_stats(timings: Any, finish: str | None) -> dict[str, Any]:
+    """LM Studio's `stats` from llama-server's own `timings` (LM Studio runs llama.cpp too)."""
+    if not isinstance(timings, dict) or not {"prompt_ms", "predicted_ms", "predicted_per_second"} <= set(timings):
+        raise _plain(502, f"emulator: the upstream sent no llama-server `timings` to build `stats` from: {timings!r}")
+    return {
+        "tokens_per_second": timings["predicted_per_second"],
+        "time_to_first_token": timings["prompt_ms"] / 1000.0,
+        "generation_time": timings["predicted_ms"] / 1000.0,
+        "stop_reason": STOP_REASONS.get(finish or "", "userStopped"),
+    }
 
 
 def _check_response_format(body: dict[str, Any]) -> None:
@@ -480,32 +477,16 @@ def make_app(config: EmulatorConfig) -> web.Application:
                 raise _plain(400, emu.knobs.crash_message)
             ubody = await emu.upstream_body(body)
             if body.get("stream"):
-                return await stream(request, body, ubody, upstream_path, answered, id_prefix)
-            async with emu.prediction(), emu.upstream_slots:
-                if v0:
-                    # Time to first token: a one-token generation of the same prompt; then the whole
-                    # answer, whose prompt the engine has cached, gives the generation time.
-                    t0 = time.perf_counter()
-                    status, first = await emu.upstream_post(upstream_path, {**ubody, "max_tokens": 1})
-                    ttft = time.perf_counter() - t0
-                    if status != 200:
-                        return web.json_response(first, status=status)
-                t1 = time.perf_counter()
+                return await stream(request, ubody, upstream_path, answered, id_prefix)
+            async with emu.prediction():
                 status, data = await emu.upstream_post(upstream_path, ubody)
-                generation = time.perf_counter() - t1
             if status != 200:
                 return web.json_response(data, status=status)
+            timings = data.pop("timings", None)  # llama-server's; LM Studio has `stats` (on /api/v0) instead
             data.update(id=_new_id(id_prefix), object=object_name, model=answered)
             data["system_fingerprint"] = answered
             if v0:
-                completion_tokens = data.get("usage", {}).get("completion_tokens", 0)
-                finish = (data.get("choices") or [{}])[0].get("finish_reason")
-                data["stats"] = {
-                    "tokens_per_second": completion_tokens / generation if generation > 0 else 0.0,
-                    "time_to_first_token": round(ttft, 3),
-                    "generation_time": round(generation, 3),
-                    "stop_reason": STOP_REASONS.get(finish or "", "userStopped"),
-                }
+                data["stats"] = _v0_stats(timings, (data.get("choices") or [{}])[0].get("finish_reason"))
                 data["model_info"] = spec.model_info()
                 data["runtime"] = dict(RUNTIME)
             return web.json_response(data)
@@ -514,20 +495,18 @@ def make_app(config: EmulatorConfig) -> web.Application:
 
     async def stream(
         request: web.Request,
-        body: dict[str, Any],
         ubody: dict[str, Any],
         upstream_path: str,
         answered: str,
         id_prefix: str,
     ) -> web.StreamResponse:
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         cid = _new_id(id_prefix)
         knobs = emu.knobs
         cut_after = knobs.cut_stream_after_chunks
         if cut_after is not None and knobs.cut_stream_times is not None and emu.cuts_done >= knobs.cut_stream_times:
             cut_after = None
         assert emu.session is not None
-        async with emu.prediction(), emu.upstream_slots:
+        async with emu.prediction():
             emu.counters["upstream_calls"] += 1
             async with emu.session.post(f"{emu.config.upstream}/{upstream_path}", json=ubody) as up:
                 if up.status != 200:
@@ -535,8 +514,6 @@ def make_app(config: EmulatorConfig) -> web.Application:
                 resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
                 await resp.prepare(request)
                 forwarded = 0
-                generated = 0
-                created = int(time.time())
                 try:
                     async for raw in up.content:
                         line = raw.decode("utf-8", errors="replace").strip()
@@ -551,30 +528,12 @@ def make_app(config: EmulatorConfig) -> web.Application:
                             emu.counters["cut_streams"] += 1
                             up.close()
                             return await _cut(request, resp, knobs.cut_stream_mode)
-                        created = chunk.get("created", created)
+                        # llama-server's own timings go; its usage chunk (asked for with
+                        # stream_options.include_usage, as from LM Studio) stays, with real counts.
+                        chunk.pop("timings", None)
                         chunk.update(id=cid, model=answered, system_fingerprint=answered)
-                        for choice in chunk.get("choices") or []:
-                            delta = choice.get("delta") or {}
-                            if delta.get("content") or choice.get("text"):
-                                generated += 1
                         await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
                         forwarded += 1
-                    if include_usage:
-                        prompt = await emu.prompt_tokens(upstream_path, ubody)
-                        usage_chunk = {
-                            "id": cid,
-                            "object": "chat.completion.chunk",
-                            "created": created,
-                            "model": answered,
-                            "system_fingerprint": answered,
-                            "choices": [],
-                            "usage": {
-                                "prompt_tokens": prompt or 0,
-                                "completion_tokens": generated,
-                                "total_tokens": (prompt or 0) + generated,
-                            },
-                        }
-                        await resp.write(f"data: {json.dumps(usage_chunk)}\n\n".encode())
                     await resp.write(b"data: [DONE]\n\n")
                     await resp.write_eof()
                 except (ConnectionResetError, aiohttp.ClientConnectionError):
