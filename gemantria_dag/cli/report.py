@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from gemantria_dag.cli.output import fail_on_settings_error, print_json
 from gemantria_dag.db.target import resolve_database
@@ -19,8 +18,10 @@ from gemantria_dag.names import HEBREW_NOUNS, NOUN_ENRICHMENTS, NOUN_GEMATRIA
 from gemantria_dag.settings import Settings
 
 
-def _latest(instance: DagsterInstance, key: str, partition: str | None = None) -> tuple[dict[str, Any], str | None]:
-    """(metadata values, run id) of the latest materialization of `key` (and `partition`)."""
+def _latest(instance: Any, key: str, partition: str | None = None) -> tuple[dict[str, Any], str | None]:
+    """(metadata values, run id) of the latest materialization of `key` (and `partition`) in `instance`."""
+    from dagster import AssetKey, AssetRecordsFilter
+
     found = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=AssetKey(key), asset_partitions=[partition] if partition else None), limit=1
     )
@@ -53,6 +54,8 @@ def report(
 ) -> None:
     """What the main job did: nouns, gematria rows, nouns enriched ok / failed, backend and model, rows in
     control.agent_run, and where to look next."""
+    from dagster import DagsterInstance  # here: the other pmagent commands do not pay for importing Dagster
+
     with fail_on_settings_error() as settings:
         instance = DagsterInstance.get()
         nouns, _ = _latest(instance, HEBREW_NOUNS)

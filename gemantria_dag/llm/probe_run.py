@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from gemantria_dag.llm.errors import GENERIC_FIXES, error_from_exception, is_connect_failure, redact, redact_error
 from gemantria_dag.llm.listings import Listing
-from gemantria_dag.llm.reply import error_from_body
+from gemantria_dag.llm.reply import ChatCompletionBody, error_from_body
 from gemantria_dag.llm.results import ErrorCode, LLMError, ProbeStep
 
 HEALTH_CONNECT_SECONDS = 1.0
@@ -140,7 +140,7 @@ class ProbeRun:
             outcome = f"HTTP {status}" + (
                 f": {shorten(failure.message.removeprefix(f'HTTP {status}: '))}" if content else ", empty body"
             )
-        elif failure.code == ErrorCode.BAD_RESPONSE and "error in answer" in failure.message:
+        elif failure.code == ErrorCode.BAD_RESPONSE and "error in answer" in failure.message and _has_error(content):
             text = redact(failure.message.removeprefix("error in answer: "), self.secret)
             error = LLMError(
                 code=ErrorCode.BAD_RESPONSE,
@@ -195,3 +195,13 @@ class ProbeRun:
                 continue
             self.describe(endpoint, status, content, what="LM Studio's greeting")
         return None
+
+
+def _has_error(content: bytes) -> bool:
+    """Whether a 2xx body carries an error (LM Studio's answer to a route it lacks), as opposed to another
+    server's own answer (llama-server's `/health`: `{"status": "ok"}`)."""
+    try:
+        body = ChatCompletionBody.model_validate_json(content)
+    except ValidationError:
+        return False
+    return body.error is not None or body.detail is not None
