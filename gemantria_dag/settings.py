@@ -86,7 +86,9 @@ class Settings(BaseSettings):
     engine_model: str = Field("smollm2-135m-instruct", pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
     engine_parallel: int = Field(4, ge=1, le=64)  # slots, as LM Studio's default "Max Concurrent Predictions"
     engine_context_length: int = Field(4096, ge=512, le=1_048_576)  # shared by the slots (llama-server -c)
-    engine_threads: int = Field(2, ge=1, le=256)
+    # 1: llama.cpp spin-waits its threads; on these 2-core hosts -t 1 gave 77-103 tokens/s idle and 62-93 beside
+    # another busy process, -t 2 an erratic 18-128 idle and 2-16 beside one (SmolLM2, measured here).
+    engine_threads: int = Field(1, ge=1, le=256)
     engine_start_timeout_seconds: float = Field(60.0, gt=0, le=3600)
     # 1: the routing sensor may launch runs on the embedded engine by itself (off: a laptop running
     # `dagster dev` should not start enriching thousands of nouns with a 135M model unasked).

@@ -23,18 +23,27 @@ def test_definitions_validate() -> None:
 
 
 def test_main_job_twice_with_embedded_postgres(tmp_path: Path) -> None:
-    """The README's main-job command, with GEMATRIA_DSN unset: the embedded server starts by itself."""
+    """The README's main-job command as a newcomer runs it: GEMATRIA_DSN unset (the embedded Postgres
+    starts by itself), no LM Studio, no remote (the embedded engine serves); twice, the second time
+    with 0 LLM calls."""
     state = Path("/tmp") / f"gmst-{tmp_path.name[-12:]}"
-    env = cli_env(GEMANTRIA_STATE_DIR=str(state))
+    env = cli_env(GEMANTRIA_STATE_DIR=str(state), USE_ENGINE="1")
     env.pop("GEMATRIA_DSN")
     try:
         init = _run([str(VENV_BIN / "pmagent"), "init"], env)
         assert init.returncode == 0, init.stderr
         env["DAGSTER_HOME"] = str(state / "dagster_home")
+        reports = []
         for _ in range(2):
-            result = _run(["make", "materialize", f"BIN={VENV_BIN}"], env)
+            result = _run(["make", "materialize", f"BIN={VENV_BIN}", "REPORT_FLAGS=--require-rows"], env)
             assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
             assert "RUN_SUCCESS" in result.stdout + result.stderr
+            reports.append(result.stdout[result.stdout.rindex("nouns: ") :])
+        first, second = reports
+        assert "backend: engine" in first and "control.agent_run rows of run" in first, first
+        rows = int(first.split("control.agent_run rows of run ")[1].split(": ")[1].split()[0])
+        assert rows >= 3, first  # every call of the 3 nouns of vav, in the control plane
+        assert ", 0 LLM calls;" in second and "3 outcomes reused" in second, second
         status = _run([str(VENV_BIN / "pmagent"), "db", "status"], env)
         assert '"db": "on"' in status.stdout and '"configured": "embedded"' in status.stdout
         uri = f"postgresql://postgres:@/postgres?host={state / 'pgdata'}"
@@ -44,6 +53,7 @@ def test_main_job_twice_with_embedded_postgres(tmp_path: Path) -> None:
         # Runs persist in the state folder's DAGSTER_HOME.
         assert any((state / "dagster_home" / "storage").iterdir())
     finally:
+        _run([str(VENV_BIN / "pmagent"), "engine", "stop"], env)
         stop = _run([str(VENV_BIN / "pmagent"), "db", "stop"], env)
         assert stop.returncode == 0, stop.stderr
 

@@ -36,7 +36,9 @@ def test_real_smollm2_partition_then_rematerialize_makes_zero_calls(
         assert args["routed_backend"] == "lm_studio" and args["fallback"] is False
         assert args["run_id"] == first.run_id and args["partition"] == VAV and args["asset_key"] == "noun_enrichments"
         assert args["model"] == lm_env.model and args["strong_id"].startswith("H")
-        assert result["ok"] is True and result["completion_tokens"] > 0 and result["tokens_per_second"] > 0
+        # Every call was answered: whole, or cut by max_tokens (`truncated`, its tokens still counted).
+        assert result["completion_tokens"] > 0
+        assert result["ok"] is True and result["tokens_per_second"] > 0 or result["error_code"] == "truncated"
         assert isinstance(violations, list)
     outcomes = _rows(control_plane_dsn, "SELECT strong_id, ok, insight_json, violation FROM gematria.noun_enrichment")
     assert len(outcomes) == 3

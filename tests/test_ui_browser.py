@@ -131,7 +131,7 @@ def test_ui_in_a_real_browser(ui_stack: UIStack, ui_page: Any) -> None:
 
     # ... and the four checks by name on the asset's Checks tab.
     page.goto(stack.url + "/assets/noun_enrichments?view=checks")
-    page.get_by_text("Checks (4)").wait_for()
+    page.get_by_text(f"Checks ({len(CHECKS)})").wait_for()
     for check in CHECKS:
         page.get_by_text(check, exact=True).first.wait_for()
     shot(page, "02-asset-checks")

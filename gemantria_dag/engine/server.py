@@ -245,6 +245,7 @@ def _spawn(settings: Settings, binary: Path, model: Path, port: int, log: Path) 
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
                 (os.POSIX_SPAWN_DUP2, 1, 2),
+                *((os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds()),
             ],
             # Its own session: Ctrl-C in the starting terminal does not reach it, and stop can
             # signal the whole group.
@@ -252,6 +253,27 @@ def _spawn(settings: Settings, binary: Path, model: Path, port: int, log: Path) 
         )
     except OSError as exc:
         raise EngineStartError(f"could not run {binary}: {exc}") from None
+
+
+def _inherited_fds() -> list[int]:
+    """This process's descriptors above stderr that a child would inherit (not close-on-exec).
+
+    The engine outlives its starter: holding a copy of, say, the pipe a Dagster step's output goes
+    to, it would keep whoever reads that pipe waiting for an end of file that never comes (seen:
+    `make materialize` under `subprocess.run(capture_output=True)` hung until its timeout).
+    """
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return []
+    found = []
+    for fd in fds:
+        try:
+            if fd > 2 and os.get_inheritable(fd):
+                found.append(fd)
+        except OSError:
+            pass  # the descriptor listdir itself used, closed since
+    return found
 
 
 def _wait_healthy(pid: int, state: EngineState, timeout_s: float) -> str | None:
