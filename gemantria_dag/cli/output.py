@@ -14,6 +14,7 @@ from gemantria_dag.settings import Settings, SettingsError, get_settings
 
 @contextmanager
 def fail_on_settings_error() -> Iterator[Settings]:
+    """Yield the settings; on a SettingsError print `error: <message>` to stderr and exit 2 (no traceback)."""
     try:
         settings = get_settings()
     except SettingsError as exc:
@@ -23,4 +24,5 @@ def fail_on_settings_error() -> Iterator[Settings]:
 
 
 def print_json(payload: Any) -> None:
+    """Print `payload` as JSON: indented, keys sorted, non-ASCII kept, other values as `str()`."""
     typer.echo(json.dumps(payload, indent=2, sort_keys=True, default=str, ensure_ascii=False))

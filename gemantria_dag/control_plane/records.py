@@ -68,16 +68,20 @@ class SlimModel:
     __dataclass_fields__: ClassVar[dict[str, Any]]
 
     def model_dump(self, *, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
+        """As `BaseModel.model_dump`: the fields as a dict (`mode="json"`: JSON-safe values)."""
         return _adapter(type(self)).dump_python(self, mode=mode)
 
     def model_dump_json(self) -> str:
+        """As `BaseModel.model_dump_json`: the fields as compact JSON text."""
         return _adapter(type(self)).dump_json(self).decode("utf-8")
 
     def model_copy(self, *, update: dict[str, Any] | None = None) -> Self:
+        """As `BaseModel.model_copy`: a shallow copy with `update`'s fields replaced, validated (ValidationError)."""
         return dataclasses.replace(self, **(update or {}))  # type: ignore[type-var]
 
     @classmethod
     def model_validate_json(cls, data: str | bytes) -> Self:
+        """As `BaseModel.model_validate_json`: an instance from JSON text; raises pydantic's ValidationError."""
         return _adapter(cls).validate_json(data)  # type: ignore[no-any-return]
 
 
@@ -86,6 +90,12 @@ slim = dataclass(slots=True, kw_only=True)
 
 @slim
 class CallArgs(SlimModel):
+    """What one LLM call asked for, stored as `control.agent_run.args_json`.
+
+    `prompt_length` counts the characters of the messages' contents; `backend` is the route called,
+    `routed_backend` the run's routing decision (they differ on a fallback).
+    """
+
     model: str | None
     requested_model: str | None = None
     prompt_length: int
@@ -106,6 +116,13 @@ class CallArgs(SlimModel):
 
 @slim
 class CallResult(SlimModel):
+    """How one LLM call ended, stored as `control.agent_run.result_json` (from its `CompletionMetadata`).
+
+    Times in milliseconds: `latency_ms` the whole call (every attempt and back-off), `ttft_ms` to the first
+    token. `attempts` counts the requests sent; `substituted_model` is the model that answered instead of the
+    one asked for.
+    """
+
     ok: bool
     response_length: int = 0
     latency_ms: float | None = None
@@ -121,6 +138,12 @@ class CallResult(SlimModel):
 
 @slim
 class AgentRunRecord(SlimModel):
+    """One row of `control.agent_run`: one LLM call (one failover attempt of a request).
+
+    `id` is made here, so a write that is retried or replayed from the spool lands once; `session_id` is
+    the Dagster run id.
+    """
+
     id: UUID = Field(default_factory=new_record_id)
     project_id: int
     session_id: UUID | None = None
@@ -165,4 +188,5 @@ class EnrichmentBatch(BaseModel):
 
     @property
     def all_enrichments(self) -> list[NounEnrichment]:
+        """Every outcome of the run: the reused ones, then the new ones."""
         return [*self.reused, *self.enrichments]

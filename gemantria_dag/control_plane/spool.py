@@ -44,6 +44,8 @@ class PendingBatch(BaseModel):
 
 
 class SpoolSummary(BaseModel):
+    """What `Spool.summary` counts: the pending files in `folder`, and the records and outcomes they hold."""
+
     folder: str
     files: int
     records: int
@@ -51,6 +53,8 @@ class SpoolSummary(BaseModel):
 
 
 class ReplayReport(BaseModel):
+    """What one `Spool.replay` did, in files and rows; `error` is the last database error (no password in it)."""
+
     files_replayed: int = 0
     files_left: int = 0
     files_busy: int = 0  # locked by another replayer at the time
@@ -70,6 +74,8 @@ def _fsync_dir(folder: Path) -> None:
 
 
 class Spool:
+    """The spool in `folder` (`Settings.spool_dir`): one `PendingBatch` per file, as described above."""
+
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
 
@@ -95,9 +101,11 @@ class Spool:
         return sorted(p for p in self.folder.iterdir() if p.name.endswith(SUFFIX) and not p.name.startswith("."))
 
     def read(self, path: Path) -> PendingBatch:
+        """The batch in spool file `path`; raises OSError or pydantic's ValidationError when it cannot be read."""
         return PendingBatch.model_validate_json(path.read_bytes())
 
     def summary(self) -> SpoolSummary:
+        """The pending files and what they hold, counted from their names (a file named by hand is read)."""
         files = self.pending()
         records = enrichments = 0
         for path in files:

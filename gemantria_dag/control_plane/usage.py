@@ -69,6 +69,8 @@ def parse_window(text: str) -> timedelta:
 
 
 class ToolStatus(BaseModel):
+    """One tool's LLM calls in the window: successes, failures, and when the last one was made and how it ended."""
+
     tool: str
     success: int = 0
     failure: int = 0
@@ -77,6 +79,12 @@ class ToolStatus(BaseModel):
 
 
 class UsageStats(BaseModel):
+    """LLM calls in the window, of one tool or of all.
+
+    `failure_rate` and `share` (of all LLM calls) are fractions from 0 to 1; latencies are the p50 and p95
+    of the calls' `latency_ms`, in milliseconds to 0.1 ms; tokens are sums as the servers reported them.
+    """
+
     calls: int = 0
     ok: int = 0
     failed: int = 0
@@ -93,6 +101,8 @@ class UsageStats(BaseModel):
 
 
 class UsageSummary(BaseModel):
+    """`UsageStats` of every LLM call in the window (`total`) and of each tool, by tool name."""
+
     total: UsageStats
     tools: dict[str, UsageStats]
 
@@ -117,6 +127,7 @@ def _ms(value: float | None) -> float | None:
 
 
 def usage_summary(conn: psycopg.Connection, project_id: int, window: timedelta) -> UsageSummary:
+    """The project's LLM calls in the last `window`, in total and per tool (one query); raises psycopg errors."""
     hours = window.total_seconds() / 3600
     total = UsageStats()
     tools: dict[str, UsageStats] = {}

@@ -85,6 +85,8 @@ WHERE e.created_at < EXCLUDED.created_at AND (EXCLUDED.ok OR NOT e.ok)
 
 
 class BatchCounts(BaseModel):
+    """Rows one `persist()` transaction wrote; `records_already_present`: ids already in `control.agent_run`."""
+
     records_written: int = 0
     records_already_present: int = 0
     enrichments_written: int = 0
@@ -105,6 +107,7 @@ class WriteReport(BaseModel):
 
     @property
     def spooled(self) -> bool:
+        """True when at least one batch went to the spool instead of the database."""
         return self.batches_spooled > 0
 
 

@@ -18,7 +18,7 @@ MAX_PGDATA_PATH = 93
 
 
 class EmbeddedPostgresError(RuntimeError):
-    pass
+    """The embedded server did not start, or did not accept connections in time; the message says why."""
 
 
 def start_embedded_postgres(pgdata: Path, *, ready_timeout_s: float = 30.0) -> str:

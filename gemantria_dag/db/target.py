@@ -29,6 +29,10 @@ class DatabaseTarget(BaseModel):
     conninfo: SecretStr | None = None
 
     def connect(self, **kwargs: object) -> psycopg.Connection:
+        """A new connection (5 s connect timeout; `kwargs` go to `psycopg.connect`).
+
+        Raises RuntimeError when the control plane is off, psycopg errors when the server cannot be reached.
+        """
         if self.conninfo is None:
             raise RuntimeError(f"control plane is off: {self.reason}")
         return psycopg.connect(self.conninfo.get_secret_value(), connect_timeout=5, **kwargs)

@@ -18,6 +18,7 @@ class EngineHealthCheck:
     settings: Settings
 
     def health(self) -> HealthResult:
+        """engine_off when USE_ENGINE=0 or a file is missing, else engine_ready (running or not); never starts it."""
         from gemantria_dag.engine.server import running_engine  # its HTTP client only when asked
 
         started = time.perf_counter()

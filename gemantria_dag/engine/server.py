@@ -65,6 +65,7 @@ class EngineState(BaseModel):
 
     @property
     def health_url(self) -> str:
+        """llama-server's `/health` on the engine's loopback port."""
         return f"http://{HOST}:{self.port}/health"
 
 

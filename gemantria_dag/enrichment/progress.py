@@ -36,6 +36,7 @@ class Progress:
         self._started = time.monotonic()
 
     def line(self) -> str:
+        """The progress line: nouns enriched ok of `total`, failures by kind, nouns done, nouns/s, ETA in seconds."""
         elapsed = max(time.monotonic() - self._started, 1e-6)
         rate = self.done / elapsed
         remaining = self.total - self.done
@@ -50,6 +51,7 @@ class Progress:
         )
 
     async def report_until_done(self) -> None:
+        """Log `line()` every `interval_s` seconds while nouns remain (the runner cancels it at the end)."""
         while self.done < self.total:
             await asyncio.sleep(self._interval_s)
             self._log(self.line())

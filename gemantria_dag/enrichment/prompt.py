@@ -19,6 +19,8 @@ SYSTEM = (
 
 
 def noun_prompt(noun: dict[str, Any]) -> str:
+    """The user message about `noun`: a `noun_gematria` row as a dict (strong_id, lemma, transliteration,
+    gender, language, gloss, gematria). Raises KeyError when one of them is missing (`gender` may be)."""
     gender = noun.get("gender") or "unspecified gender"
     return (
         f"Hebrew noun {noun['lemma']} ({noun['transliteration']}, Strong's {noun['strong_id']}, {gender}, "
@@ -28,10 +30,13 @@ def noun_prompt(noun: dict[str, Any]) -> str:
 
 
 def build_messages(noun: dict[str, Any]) -> list[dict[str, str]]:
+    """The messages of a noun's first call: the system prompt `SYSTEM`, then `noun_prompt(noun)`."""
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": noun_prompt(noun)}]
 
 
 def repair_messages(original: list[dict[str, str]], bad_reply: str, problem: str) -> list[dict[str, str]]:
+    """The messages of a repair call: `original`, the bad reply (its first 2000 characters), and a request
+    to answer again with valid JSON, naming `problem` (its first 300 characters)."""
     return [
         *original,
         {"role": "assistant", "content": bad_reply[:2000]},
@@ -43,6 +48,7 @@ def repair_messages(original: list[dict[str, str]], bad_reply: str, problem: str
 
 
 def insight_json_schema() -> dict[str, Any]:
+    """`NounInsight`'s JSON schema made strict: no other properties, every property required."""
     schema = NounInsight.model_json_schema()
     schema["additionalProperties"] = False
     # Strict structured output (OpenAI, LM Studio) wants every property listed as required.

@@ -116,6 +116,13 @@ def _short_gc_pauses() -> Iterator[None]:
 
 
 class EnrichmentRunner:
+    """Enriches nouns concurrently through `router` (`run`), for one run described by `info`.
+
+    Every call's record and every noun's outcome go into `batch`; the nouns left without an answer into
+    `failed_nouns`; how each noun ended into `tally`. `log` gets a progress line every `progress_interval_s`
+    seconds; the first calls are spread over `ramp_up_s` seconds.
+    """
+
     def __init__(
         self,
         router: FailoverRouter,

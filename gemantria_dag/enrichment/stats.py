@@ -10,6 +10,7 @@ from gemantria_dag.control_plane.records import EnrichmentBatch
 
 
 def percentile(values: list[float], q: int) -> float | None:
+    """The `q`th percentile (1-99) of `values` (`statistics.quantiles`, inclusive method); None without values."""
     if not values:
         return None
     if len(values) == 1:
@@ -18,6 +19,8 @@ def percentile(values: list[float], q: int) -> float | None:
 
 
 def run_stats(batch: EnrichmentBatch, *, failed_nouns: int) -> dict[str, Any]:
+    """The run's materialization metadata: call counts (failed, repairs, fallbacks, substitutions), nouns
+    by outcome, call latency p50/p95 in milliseconds (None without calls), token sums, calls per route."""
     records = batch.records
     latencies = [r.result.latency_ms for r in records if r.result.latency_ms is not None]
     return {
@@ -42,6 +45,11 @@ def run_stats(batch: EnrichmentBatch, *, failed_nouns: int) -> dict[str, Any]:
 def check_verdicts(
     batch: EnrichmentBatch, *, nouns_in_scope: int, failed_nouns: int, max_failure_rate: float
 ) -> dict[str, tuple[bool, dict[str, Any]]]:
+    """(passed, metadata) of each of the asset's checks (`steps.CHECKS`), by name.
+
+    Failure rates are fractions of the nouns with an outcome plus `failed_nouns`; coverage is the fraction
+    of `nouns_in_scope` with an outcome (reused ones included).
+    """
     outcomes = batch.all_enrichments
     ok = [e for e in outcomes if e.ok and e.insight is not None]
     attempted = len(outcomes) + failed_nouns

@@ -60,7 +60,9 @@ def check_specs() -> list[AssetCheckSpec]:
 class Backend(HealthCheck, Completer, Protocol):
     """An LLM backend as the asset uses it: health, completions, and closing its pools."""
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Close the backend's HTTP pools (after the run's calls)."""
+        ...
 
 
 class OutcomeCache(Protocol):
@@ -68,7 +70,9 @@ class OutcomeCache(Protocol):
 
     def lookup(
         self, strong_ids: Iterable[str], model: str, prompt_version: str, params_hash: str
-    ) -> dict[str, NounEnrichment]: ...
+    ) -> dict[str, NounEnrichment]:
+        """The stored outcome of each of `strong_ids` that has one under (model, prompt version, params hash)."""
+        ...
 
 
 def decide_route(config: EnrichmentConfig, backends: Mapping[str, Backend], settings: Settings) -> RoutingDecision:
@@ -115,6 +119,7 @@ class WorkPlan:
     params_hash: str
 
     def summary(self, model: str | None, prompt_version: str) -> str:
+        """One line for the run log: nouns in the partitions, those already enriched, those to call."""
         return (
             f"{len(self.nouns)} nouns in {','.join(self.partitions)}: {len(self.cached)} already enriched for "
             f"({model}, {prompt_version}), {len(self.todo)} to call"

@@ -22,6 +22,8 @@ FINAL_TO_REGULAR = str.maketrans("ךםןףץ", "כמנפצ")
 
 
 def first_letter(text: str) -> str:
+    """The first Hebrew letter of `text`, a final form as its regular one (a noun's partition);
+    raises ValueError when `text` has no Hebrew letter."""
     letters = [ch for ch in consonantal_form(text) if "\u05d0" <= ch <= "\u05ea"]
     if not letters:
         raise ValueError(f"no Hebrew letters in {text!r}")

@@ -26,6 +26,12 @@ _POINTS = re.compile(r"[\u0591-\u05C7]")  # cantillation marks and vowel points
 
 
 class HebrewNoun(BaseModel):
+    """One common noun of Strong's dictionary (the `words` table of hebrew.db).
+
+    `lemma` is pointed, `consonantal` its letters only; `gloss` the first sense of its definition;
+    `gender` from its morphology code (None for a plain `n`); `language` `heb` or `arc`.
+    """
+
     strong_id: str
     lemma: str
     consonantal: str
@@ -56,6 +62,7 @@ def short_gloss(definitions: str | None, max_len: int = 80) -> str:
 
 
 def noun_from_row(row: tuple) -> HebrewNoun:
+    """A `HebrewNoun` from one row of `NOUNS_SQL` (its seven columns, in order)."""
     strong_id, lemma, hebrew, transliteration, morphology, language, definitions = row
     pointed = lemma or hebrew or ""
     return HebrewNoun(

@@ -122,21 +122,27 @@ class PlainServer:
     fixes: dict[str, str] = field(default_factory=dict)  # ErrorCode value -> fix
 
     def endpoint(self, call: CallState) -> tuple[str, str]:
+        """Always `chat_url` and `chat_path`."""
         return self.chat_url, self.chat_path
 
     def read_timeout(self, call: CallState) -> float | None:
+        """None: every attempt has the backend's read timeout."""
         return None
 
     def observe(self, call: CallState, outcome: Outcome) -> bool:
+        """False: nothing to learn, no attempt sent again at once."""
         return False
 
     def fix_for(self, error: LLMError, call: CallState) -> str | None:
+        """The fix configured in `fixes` for the error's code, or None."""
         return self.fixes.get(error.code.value)
 
     def needs_preparing(self) -> bool:
+        """False: nothing to learn."""
         return False
 
     def prepare(self, client: httpx.Client) -> None:
+        """Nothing to learn: no request."""
         return None
 
 
@@ -162,10 +168,12 @@ class Backend:
         return self.learned_form or "json_schema"
 
     def learn_form(self, form: StructuredForm) -> None:
+        """Remember `form` as the one this server accepted (`auto` mode only): later calls send it first."""
         if self.structured_mode == "auto" and self.learned_form != form:
             self.learned_form = form
 
     def note_substitution(self, requested: str | None, answered: str | None) -> None:
+        """Log a warning the first time this backend answers `requested` with model `answered`."""
         key = (requested, answered)
         if key not in self.substitutions_seen:
             self.substitutions_seen.add(key)

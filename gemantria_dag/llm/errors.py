@@ -170,5 +170,6 @@ def redact(text: str, secret: str | None) -> str:
 
 
 def redact_error(error: LLMError, secret: str | None) -> LLMError:
+    """`error` with `secret` replaced in its message (`redact`); the same object when there was nothing to hide."""
     clean = redact(error.message, secret)
     return error if clean == error.message else error.model_copy(update={"message": clean})

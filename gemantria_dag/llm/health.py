@@ -30,7 +30,9 @@ class HealthCheck(Protocol):
     """Anything with a cheap `health()` that never raises for a backend fault (LM Studio's spends at most one
     tiny structured-output check per server and model: structured_check.py)."""
 
-    def health(self) -> HealthResult: ...
+    def health(self) -> HealthResult:
+        """The backend's health now (a backend fault is a result, never an exception)."""
+        ...
 
 
 def _secret(value: object) -> str | None:

@@ -70,6 +70,7 @@ class LMStudioServer:
 
     @property
     def chat_url(self) -> str:
+        """The OpenAI-compatible chat URL, `{base_url}/chat/completions`."""
         return f"{self.base_url.rstrip('/')}/chat/completions"
 
     @property
@@ -99,12 +100,14 @@ class LMStudioServer:
             self.warm = set()
 
     def needs_preparing(self) -> bool:
+        """True while no profile is known, at most every `PROFILE_RETRY_SECONDS` after a probe that failed."""
         if self.profile is not None:
             return False
         tried = self.profile_tried_at
         return tried is None or time.monotonic() - tried >= PROFILE_RETRY_SECONDS
 
     def prepare(self, client: httpx.Client) -> None:
+        """Learn the profile (server kind, loaded models) from LM Studio's native listings (`learn_server`)."""
         # Calls that start together wait for the one probe instead of going out unprepared.
         with self._probe_lock:
             if not self.needs_preparing():
@@ -122,6 +125,7 @@ class LMStudioServer:
     # ------------------------------------------------------------ per attempt
 
     def endpoint(self, call: CallState) -> tuple[str, str]:
+        """LM Studio's native chat route for a non-streamed call when `uses_native_chat`, else `chat_url`."""
         if not call.stream and self.uses_native_chat:
             return f"{native_root(self.base_url)}{NATIVE_CHAT}", NATIVE_CHAT
         url = self.chat_url
@@ -137,11 +141,16 @@ class LMStudioServer:
         return profile.loaded is None or model not in profile.loaded
 
     def read_timeout(self, call: CallState) -> float | None:
+        """The load budget (`load_timeout_seconds`, if longer than the per-call timeout) when the requested model
+        may not be loaded yet, else None."""
         if self.load_timeout_seconds <= self.timeout_seconds:
             return None
         return self.load_timeout_seconds if self._model_maybe_unloaded(call.requested_model) else None
 
     def observe(self, call: CallState, outcome: Outcome) -> bool:
+        """Note which route and models answered; True (send again at once, on /v1) when the native route
+        is missing. A timeout or `model_not_loaded` marks the model as maybe unloaded: its next attempt gets
+        the load budget."""
         if isinstance(outcome, Reply):
             if call.endpoint == NATIVE_CHAT:
                 self.native_chat = True
@@ -173,6 +182,7 @@ class LMStudioServer:
         return False
 
     def fix_for(self, error: LLMError, call: CallState) -> str | None:
+        """`unauthorized`: set (or correct) LM_STUDIO_API_TOKEN; `model_not_loaded`: `lms load <model>`; else None."""
         if error.code == ErrorCode.UNAUTHORIZED:
             return TOKEN_REFUSED_FIX if self.secret() else TOKEN_MISSING_FIX
         if error.code == ErrorCode.MODEL_NOT_LOADED:

@@ -28,20 +28,28 @@ MAX_LISTING_BYTES = 4 * 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Probe:
+    """One GET of a health check: its `label` (the endpoint, as `ProbeStep` shows it), its URL, and `parse`,
+    which reads a 2xx body into a `Listing` or raises ValueError (pydantic's ValidationError among them)."""
+
     label: str
     url: str
     parse: Callable[[bytes], Listing]
 
 
 class BudgetSpent(Exception):
-    pass
+    """Raised by `get_within` when the check's deadline passed before an answer was complete."""
 
 
 class TooLarge(Exception):
-    pass
+    """Raised by `get_within` when a body grows beyond `MAX_LISTING_BYTES` (4 MiB)."""
 
 
 def get_within(client: httpx.Client, url: str, headers: dict[str, str], deadline: float) -> tuple[int, bytes]:
+    """GET `url` and read the whole body by `deadline` (a `time.monotonic()` value); return (status, body).
+
+    Raises BudgetSpent past the deadline, TooLarge beyond `MAX_LISTING_BYTES`, httpx errors for transport faults.
+    The connect timeout is at most `HEALTH_CONNECT_SECONDS`.
+    """
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise BudgetSpent()
@@ -67,6 +75,7 @@ def native_root(base_url: str) -> str:
 
 
 def ms_since(started: float) -> float:
+    """Milliseconds since `started` (a `time.perf_counter()` value), to 0.01 ms."""
     return round((time.perf_counter() - started) * 1000.0, 2)
 
 
@@ -80,6 +89,7 @@ def is_greeting(content: bytes) -> bool:
 
 
 def shorten(text: str, limit: int = 120) -> str:
+    """`text` with its whitespace collapsed, cut to `limit` characters (the last one an ellipsis)."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -127,6 +137,7 @@ class ProbeRun:
         return None
 
     def refused(self, label: str, status: int, content: bytes) -> LLMError:
+        """Note a refused token (a 401/403 answer) and return its error, redacted."""
         error = redact_error(error_from_body(status, content).error, self.secret)
         text = error.message.removeprefix(f"HTTP {status}: ").removesuffix(GENERIC_FIXES.get(error.code, ""))
         self._note(label, status, "refused: " + shorten(text))

@@ -87,6 +87,10 @@ class ChatCompletionBody(Lenient):
 
 @dataclass(slots=True)
 class Reply:
+    """An answer: `text` without its reasoning, the model that answered (as the server named it), token usage
+    and `finish_reason` (OpenAI's vocabulary). Times in milliseconds: `ttft_ms` measured on a stream or from
+    LM Studio's `stats`, which also give `server_tokens_per_second` and `server_generation_ms`."""
+
     text: str
     model: str | None
     prompt_tokens: int | None
@@ -105,6 +109,8 @@ class Reply:
 
 @dataclass(slots=True)
 class Failure:
+    """A failed attempt: its error, and the wait in seconds the server asked for (Retry-After), if it did."""
+
     error: LLMError
     # Seconds the server asked us to wait (Retry-After), if it said.
     retry_after: float | None = None
@@ -246,9 +252,12 @@ class StreamAccumulator:
 
     @property
     def finished(self) -> bool:
+        """True once `[DONE]` came or the stream failed: further lines are ignored."""
         return self._done or self._failure is not None
 
     def feed_line(self, line: str) -> None:
+        """Read one line of the stream: a `data:` event adds to the answer (`[DONE]` ends it; an event that is
+        not JSON, or an error, fails it); other lines (comments, `event:`, keep-alives) are ignored."""
         if self.finished or not line.startswith("data:"):
             return  # comments, `event:` lines, keep-alives
         data = line[5:].strip()
@@ -282,6 +291,7 @@ class StreamAccumulator:
                 self._finish = choice.finish_reason
 
     def outcome(self) -> Outcome:
+        """The Reply, or the Failure: the stream's error, or `truncated` when no finish reason came."""
         if self._failure is not None:
             return self._failure
         if self._finish is None:
@@ -311,6 +321,8 @@ class StreamAccumulator:
 def tokens_per_second(
     completion_tokens: int | None, generation_ms: float, ttft_ms: float | None = None
 ) -> float | None:
+    """Completion tokens per second of generation: `generation_ms` less `ttft_ms` when it is known (the
+    prompt's processing), else all of it; None without tokens or time."""
     if not completion_tokens or generation_ms <= 0:
         return None
     # With a known time to first token, the prompt's processing is not generation time.

@@ -79,6 +79,8 @@ def normalize_response_format(response_format: object) -> StructuredOutput | Non
 
 
 def render_response_format(spec: StructuredOutput, form: StructuredForm) -> dict[str, Any]:
+    """`spec` in the wire form `form`: `{"type": "json_schema", "json_schema": {name, schema}}` (OpenAI,
+    LM Studio; `{"type": "object"}` without a schema) or `{"type": "json_object"}`, with `schema` when there is one."""
     if form == "json_object":
         # llama-cpp-python's server: grammar-constrained by the schema when one is given.
         return {"type": "json_object", "schema": dict(spec.schema)} if spec.schema else {"type": "json_object"}
@@ -96,6 +98,8 @@ def build_chat_payload(
     response_format: dict[str, Any] | None = None,
     stream: bool = False,
 ) -> dict[str, Any]:
+    """The chat-completions request body. Without `model` the server answers with its loaded model; a stream
+    asks for token usage in its last chunk (`stream_options.include_usage`)."""
     payload: dict[str, Any] = {"messages": messages, "temperature": temperature, "max_tokens": max_tokens}
     # Without a model name, LM Studio and llama.cpp answer with the loaded model.
     if model:

@@ -13,6 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 
 class ErrorCode(StrEnum):
+    """Why an LLM call or a health check failed, as `result_json.error_code` records it.
+
+    `RETRYABLE_CODES` are the transient ones; docs/runbooks/TROUBLESHOOTING.md gives the fixes.
+    """
+
     CONNECTION_REFUSED = "connection_refused"
     TIMEOUT = "timeout"
     MODEL_NOT_FOUND = "model_not_found"
@@ -41,6 +46,8 @@ RETRYABLE_CODES: frozenset[ErrorCode] = frozenset(
 
 
 class LLMError(BaseModel):
+    """A failure of a call or a check: its code, a readable message, the HTTP status when there was one."""
+
     model_config = ConfigDict(frozen=True)
 
     code: ErrorCode
@@ -106,6 +113,8 @@ def same_model(requested: str, answered: str) -> bool:
 
 
 class CompletionResult(BaseModel):
+    """What one `complete()` call returns: the answer's text when `ok`, else `error`; `metadata` either way."""
+
     ok: bool
     response: str | None = None
     error: LLMError | None = None
@@ -127,6 +136,9 @@ class ProbeStep(BaseModel):
 
 
 class HealthDetails(BaseModel):
+    """What a health check found: the server and its kind, the models, each probe, and one readable `message`;
+    `latency_ms` is the check's time, in milliseconds."""
+
     base_url: str | None = None
     # The configured model (None: not configured).
     model: str | None = None
@@ -158,9 +170,12 @@ class HealthDetails(BaseModel):
 
 
 class HealthResult(BaseModel):
+    """One backend's health: `ok` when it can serve calls, its `mode`, and what the check found (`details`)."""
+
     ok: bool
     mode: HealthMode
     details: HealthDetails
 
     def to_json_dict(self) -> dict[str, Any]:
+        """The result as JSON-safe values (what `pmagent health` prints)."""
         return self.model_dump(mode="json")

@@ -10,6 +10,9 @@ State = Literal["closed", "open", "half_open"]
 
 
 class CircuitBreaker:
+    """Opens after `threshold` consecutive failures (or a failed half-open trial); after `cooldown_s`
+    seconds open it is half-open (one trial call at a time); a success closes it. `clock` gives seconds."""
+
     def __init__(self, threshold: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         if threshold < 1:
             raise ValueError("threshold must be >= 1")
@@ -35,11 +38,13 @@ class CircuitBreaker:
         return False
 
     def record_success(self) -> None:
+        """A call succeeded: close the breaker and reset its failure count."""
         self.state = "closed"
         self.consecutive_failures = 0
         self._trial_in_flight = False
 
     def record_failure(self, error: str) -> None:
+        """Count a failure (`error` kept as `last_error`); open at `threshold` in a row, or at once when half-open."""
         self.last_error = error
         self.consecutive_failures += 1
         self._trial_in_flight = False

@@ -52,6 +52,8 @@ class Route:
 
 @dataclass
 class Attempt:
+    """One call on one route: its result, and whether that route was the fallback (not the routed backend)."""
+
     route: Route
     result: CompletionResult
     fallback: bool
@@ -70,12 +72,15 @@ class FailoverRouter:
 
     @property
     def routes(self) -> list[Route]:
+        """The primary route, then the fallback if there is one."""
         return [self.primary] + ([self.fallback] if self.fallback else [])
 
     def all_down(self) -> bool:
+        """True when every route's circuit breaker is open."""
         return all(r.breaker.state == "open" for r in self.routes)
 
     def outage_message(self) -> str:
+        """AllBackendsDown's message: each route, its model and its last error."""
         parts = [f"{r.name} ({r.model}): {r.breaker.last_error or 'unreachable'}" for r in self.routes]
         return "every LLM backend is down: " + "; ".join(parts)
 
