@@ -4,6 +4,7 @@ call's worst case so that calls in flight cannot go over it."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
@@ -128,33 +129,60 @@ def _result(cost: float | None, ok: bool = True, tokens: tuple[int, int] | None 
 
 
 def test_a_budget_holds_the_worst_case_of_calls_in_flight() -> None:
-    budget = Budget(max_cost_usd=0.001)
-    first = budget.reserve(0.0004, 500)
-    second = budget.reserve(0.0004, 500)
-    with pytest.raises(BudgetExhausted):
-        budget.reserve(0.0004, 500)  # 0.0012 could be spent with three in flight
-    assert (budget.stopped_by, budget.refused.usd) == ("max_cost_usd", 0.0004)
-    budget.settle(first, [_result(0.00012)])
-    budget.settle(second, [_result(0.00012)])
-    assert budget.spent_usd == pytest.approx(0.00024) and budget.spent_tokens == 180 and budget.calls == 2
-    budget.reserve(0.0004, 500)  # once the calls came back at their real cost, there is room again
+    async def go() -> None:
+        budget = Budget(max_cost_usd=0.001)
+        first = await budget.reserve(0.0004, 500)
+        second = await budget.reserve(0.0004, 500)
+        # 0.0012 could be spent with a third in flight: it waits for room instead of going out.
+        third = asyncio.create_task(budget.reserve(0.0004, 500))
+        await asyncio.sleep(0.01)
+        assert not third.done()
+        budget.settle(first, [_result(0.00012)])  # came back at its real cost: room for the third
+        await asyncio.wait_for(third, 1)
+        budget.settle(second, [_result(0.00012)])
+        budget.settle(third.result(), [_result(0.00012)])
+        assert budget.spent_usd == pytest.approx(0.00036) and budget.spent_tokens == 270 and budget.calls == 3
+        # Spent 0.00036; with nothing in flight, 0.0007 more cannot fit: refused, and so is every call after.
+        with pytest.raises(BudgetExhausted):
+            await budget.reserve(0.0007, 500)
+        assert (budget.stopped_by, budget.refused.usd) == ("max_cost_usd", 0.0007)
+        with pytest.raises(BudgetExhausted):
+            await budget.reserve(0.0, 0)
+
+    asyncio.run(go())
+
+
+def test_calls_waiting_for_room_are_refused_when_the_budget_stops() -> None:
+    async def go() -> None:
+        budget = Budget(max_cost_usd=0.001)
+        held = await budget.reserve(0.0008, 500)
+        waiting = asyncio.create_task(budget.reserve(0.0008, 500))
+        await asyncio.sleep(0.01)
+        budget.settle(held, [_result(0.0008)])  # it cost its worst case: 0.0002 left, the waiter cannot fit
+        with pytest.raises(BudgetExhausted):
+            await asyncio.wait_for(waiting, 1)
+
+    asyncio.run(go())
 
 
 def test_a_call_without_usage_counts_at_its_worst_case_if_it_succeeded() -> None:
-    budget = Budget(max_total_tokens=2000)
-    budget.settle(budget.reserve(0.0, 500), [_result(None, tokens=None)])  # answered, usage unknown
-    budget.settle(budget.reserve(0.0, 500), [_result(None, ok=False, tokens=None)])  # failed, nothing billed
-    assert (budget.spent_tokens, budget.spent_usd, budget.calls) == (500, 0.0, 2)
-    budget.release(budget.reserve(0.0, 1500))  # not sent: nothing spent
-    assert budget.spent_tokens == 500
-    with pytest.raises(BudgetExhausted):
-        budget.reserve(0.0, 1501)
-    message = budget.exhausted_message(nouns_left=7, nouns=10)
-    assert message.startswith("budget max_total_tokens=2,000 reached: spent $0.000000 and 500 tokens in 2 calls")
-    assert "up to 1,501 tokens" in message and "7 of 10 nouns are left" in message
+    async def go() -> None:
+        budget = Budget(max_total_tokens=2000)
+        budget.settle(await budget.reserve(0.0, 500), [_result(None, tokens=None)])  # answered, usage unknown
+        budget.settle(await budget.reserve(0.0, 500), [_result(None, ok=False, tokens=None)])  # failed: not billed
+        assert (budget.spent_tokens, budget.spent_usd, budget.calls) == (500, 0.0, 2)
+        budget.release(await budget.reserve(0.0, 1500))  # not sent: nothing spent
+        assert budget.spent_tokens == 500
+        with pytest.raises(BudgetExhausted):
+            await budget.reserve(0.0, 1501)
+        message = budget.exhausted_message(nouns_left=7, nouns=10)
+        assert message.startswith("budget max_total_tokens=2,000 reached: spent $0.000000 and 500 tokens in 2 calls")
+        assert "up to 1,501 tokens" in message and "7 of 10 nouns are left" in message
+
+    asyncio.run(go())
 
 
 def test_no_limit_never_refuses() -> None:
     budget = Budget()
     assert not budget.limited
-    budget.reserve(1e9, 10**12)
+    asyncio.run(budget.reserve(1e9, 10**12))

@@ -18,6 +18,7 @@ def percentile(values: list[float], q: int) -> float | None:
 
 
 def run_stats(batch: EnrichmentBatch, *, failed_nouns: int) -> dict[str, Any]:
+    """The run's numbers for materialization metadata: counts, latency (ms), tokens, USD, the backend mix."""
     records = batch.records
     latencies = [r.result.latency_ms for r in records if r.result.latency_ms is not None]
     return {
@@ -36,6 +37,11 @@ def run_stats(batch: EnrichmentBatch, *, failed_nouns: int) -> dict[str, Any]:
         "prompt_tokens": sum(r.result.prompt_tokens or 0 for r in records),
         "completion_tokens": sum(r.result.completion_tokens or 0 for r in records),
         "backend_mix": dict(Counter(r.args.backend for r in records)),
+        # USD: what the calls cost (priced calls only), what the local ones saved, and the calls left unpriced.
+        "cost_usd": sum(r.result.cost_usd or 0.0 for r in records),
+        "saved_usd": sum(r.result.saved_usd or 0.0 for r in records),
+        "unpriced_calls": sum(r.result.cost_usd is None for r in records),
+        "total_tokens": sum((r.result.prompt_tokens or 0) + (r.result.completion_tokens or 0) for r in records),
     }
 
 
