@@ -89,6 +89,13 @@ def test_every_remote_call_is_priced_and_the_summary_spend_is_the_rows_sum(
     status = as_json(pmagent("pipeline-status", "--json"))
     assert status["spend"] == summary["spend"]
 
+    # Materialized again: no call, and the series goes on at 0 (typed as before).
+    again = enrich(lexicon_instance, VAV)
+    assert (metadata(again)["calls_made"], metadata(again)["cost_usd"], metadata(again)["total_tokens"]) == (0, 0.0, 0)
+    assert isinstance(
+        again.asset_materializations_for_node("noun_enrichments")[0].metadata["cost_usd"], FloatMetadataValue
+    )
+
     table = pmagent("summary")
     assert table.returncode == 0, table.stderr
     spend_line = next(line for line in table.stdout.splitlines() if remote_env.model in line)

@@ -38,8 +38,9 @@ def run_stats(batch: EnrichmentBatch, *, failed_nouns: int) -> dict[str, Any]:
         "completion_tokens": sum(r.result.completion_tokens or 0 for r in records),
         "backend_mix": dict(Counter(r.args.backend for r in records)),
         # USD: what the calls cost (priced calls only), what the local ones saved, and the calls left unpriced.
-        "cost_usd": sum(r.result.cost_usd or 0.0 for r in records),
-        "saved_usd": sum(r.result.saved_usd or 0.0 for r in records),
+        # Started at 0.0: a run with no call must still give floats (MetadataValue.float refuses an int 0).
+        "cost_usd": sum((r.result.cost_usd or 0.0 for r in records), 0.0),
+        "saved_usd": sum((r.result.saved_usd or 0.0 for r in records), 0.0),
         "unpriced_calls": sum(r.result.cost_usd is None for r in records),
         "total_tokens": sum((r.result.prompt_tokens or 0) + (r.result.completion_tokens or 0) for r in records),
     }
