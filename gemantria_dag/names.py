@@ -18,6 +18,10 @@ ENGINE: Final = "engine"
 NO_BACKEND: Final = "none"
 Route = Literal["lm_studio", "remote", "engine"]
 Backend = Literal["lm_studio", "remote", "engine", "none"]
+# Routes served on this machine: their calls cost nothing (cost_usd 0, price_source PRICE_SOURCE_LOCAL) and
+# save what the remote model would have charged (saved_usd).
+LOCAL_ROUTES: Final = frozenset({LM_STUDIO, ENGINE})
+PRICE_SOURCE_LOCAL: Final = "local"
 
 # The control plane's `tool` of a call: LM Studio's, the embedded engine's (never `lm_studio`), or, for
 # the remote, its provider id.

@@ -8,15 +8,17 @@ that names the variable and what is wrong with it, and never echoes a secret.
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import os
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DSN_OFF = "off"
 # Fields whose values must never be printed, even when they are invalid.
@@ -32,6 +34,54 @@ def _check_http_url(value: str, *, what: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"{what} must be an http(s) URL such as http://localhost:1234/v1")
     return value.rstrip("/")
+
+
+class PriceOverride(BaseModel):
+    """One model's price from `LLM_PRICES`, in USD per million tokens (input = prompt, output = completion)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+_LLM_PRICES_EXAMPLE = '{"gpt-4o-mini": {"input": 0.15, "output": 0.6}}'
+
+
+def _parse_llm_prices(value: object) -> dict[str, PriceOverride]:
+    """`LLM_PRICES` (a JSON object, or a dict when passed in code) -> {model id: PriceOverride}.
+
+    Raises ValueError with one line saying what is wrong and what the value should look like: pydantic's
+    own errors would name the model id upper-cased as if it were a variable, and pydantic-settings' JSON
+    error is not a ValidationError (it would escape `load_settings` as a traceback). So the field is
+    `NoDecode` and this parses it.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos}): use {_LLM_PRICES_EXAMPLE}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a JSON object of model ids, such as {_LLM_PRICES_EXAMPLE}")
+    prices: dict[str, PriceOverride] = {}
+    for model, price in value.items():
+        if isinstance(price, PriceOverride):
+            prices[model] = price
+            continue
+        numbers = price if isinstance(price, dict) else {}
+        ok = set(numbers) == {"input", "output"} and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+            for v in numbers.values()
+        )
+        if not str(model).strip() or not ok:
+            raise ValueError(
+                f'the price of {model!r} must be {{"input": N, "output": N}}, two numbers >= 0 in USD per '
+                f"million tokens, such as {_LLM_PRICES_EXAMPLE}"
+            )
+        prices[str(model).strip()] = PriceOverride(input=numbers["input"], output=numbers["output"])
+    return prices
 
 
 def default_bible_db() -> Path:
@@ -100,6 +150,11 @@ class Settings(BaseSettings):
     llm_failover_threshold: int = Field(3, ge=1, le=100)
     llm_routing_max_runs_per_tick: int = Field(2, ge=1, le=22)
 
+    # Prices of remote models, USD per million tokens, as JSON: {"model-id": {"input": 0.15, "output": 0.6}}.
+    # They win over the genai-prices catalogue (gemantria_dag/cost/prices.py); a remote model in neither
+    # leaves its calls unpriced (cost_usd null), never guessed.
+    llm_prices: Annotated[dict[str, PriceOverride], NoDecode] = Field(default_factory=dict)
+
     # Data
     gematria_dsn: SecretStr | None = None
     bible_db: Path | None = None
@@ -117,6 +172,11 @@ class Settings(BaseSettings):
         if v is None or not v.strip():
             return None
         return _check_http_url(v, what="the remote LLM base URL")
+
+    @field_validator("llm_prices", mode="before")
+    @classmethod
+    def _prices(cls, v: object) -> dict[str, PriceOverride]:
+        return _parse_llm_prices(v)
 
     @field_validator("lm_studio_health_endpoint")
     @classmethod

@@ -20,6 +20,8 @@ from tests.fixtures.processes import VENV_BIN, cli_env, free_port
 from tests.test_control_plane_writer import make_batch, make_record
 
 PASSWORD = "Cl1Secr3tPassw0rd"
+# 120 prompt + 60 completion tokens (make_record) at gpt-4o-mini's $0.15 / $0.60 per million tokens.
+CALL_USD = (120 * 0.15 + 60 * 0.6) / 1e6
 # Nothing listens on the discard port: LM Studio answers lm_off, quickly, on any machine.
 NO_LM_STUDIO = "http://127.0.0.1:9/v1"
 
@@ -66,6 +68,16 @@ def seeded(control_plane_dsn: str) -> dict[str, AgentRunRecord]:
         "lm_old_failure": _record(7, 3 * 24 * 60, latency=50, ok=False),  # outside 24h, inside 7d
     }
     records["remote_substituted"].result.substituted_model = "gpt-4o-mini-2024-07-18"
+    # Prices: local calls cost 0 and save the remote's price (a failed one has no usage to price); the
+    # remote's fallback call is priced, its substituted call is unpriced (cost_usd null).
+    for key in ("lm_ok_1", "lm_ok_2", "lm_ok_last", "lm_failed"):
+        result = records[key].result
+        result.cost_usd, result.price_source = 0.0, "local"
+        result.saved_usd = None if key == "lm_failed" else CALL_USD
+    for key in ("remote_fallback", "remote_substituted"):
+        records[key].args.model = "gpt-4o-mini"
+    fallback = records["remote_fallback"].result
+    fallback.cost_usd, fallback.price_source = CALL_USD, "genai-prices"
     other_project = _record(9, 1, latency=7)
     other_project.project_id = 2
     writer = ControlPlaneWriter(resolve_database(get_settings()), Spool(get_settings().spool_dir))
@@ -91,6 +103,7 @@ def test_pipeline_status_json(seeded: dict[str, AgentRunRecord]) -> None:
     assert datetime.fromisoformat(lm["last_run_at"]) == seeded["lm_ok_last"].created_at
     assert (remote["success"], remote["failure"], remote["last_status"]) == (2, 0, "ok")
     assert datetime.fromisoformat(remote["last_run_at"]) == seeded["remote_substituted"].created_at
+    assert out["spend"] == SPEND_24H
 
     week = as_json(pmagent("pipeline-status", "--json", "--window", "7d"))
     assert (week["tools"][0]["success"], week["tools"][0]["failure"]) == (3, 2)
@@ -99,6 +112,39 @@ def test_pipeline_status_json(seeded: dict[str, AgentRunRecord]) -> None:
         ("lm_studio", 2, 0),
         ("remote_llm", 1, 0),
     ]
+
+
+SPEND_24H = {
+    "total": {
+        "tool": None,
+        "model": None,
+        "calls": 6,
+        "total_tokens": 1080,
+        "cost_usd": round(CALL_USD, 9),
+        "saved_usd": round(3 * CALL_USD, 9),
+        "unpriced_calls": 1,
+    },
+    "by_tool_model": [
+        {
+            "tool": "lm_studio",
+            "model": "qwen2.5-7b",
+            "calls": 4,
+            "total_tokens": 720,
+            "cost_usd": 0.0,
+            "saved_usd": round(3 * CALL_USD, 9),
+            "unpriced_calls": 0,
+        },
+        {
+            "tool": "remote_llm",
+            "model": "gpt-4o-mini",
+            "calls": 2,
+            "total_tokens": 360,
+            "cost_usd": round(CALL_USD, 9),
+            "saved_usd": 0.0,
+            "unpriced_calls": 1,
+        },
+    ],
+}
 
 
 def test_pipeline_status_lists_lm_studio_and_the_configured_remote_even_without_calls(control_plane_dsn: str) -> None:
@@ -115,6 +161,8 @@ def test_pipeline_status_lists_lm_studio_and_the_configured_remote_even_without_
         {"tool": "lm_studio", "success": 0, "failure": 0, "last_run_at": None, "last_status": None},
         {"tool": "openrouter", "success": 0, "failure": 0, "last_run_at": None, "last_status": None},
     ]
+    empty = {"calls": 0, "total_tokens": 0, "cost_usd": 0.0, "saved_usd": 0.0, "unpriced_calls": 0}
+    assert out["spend"] == {"total": {"tool": None, "model": None, **empty}, "by_tool_model": []}
 
 
 def test_pipeline_status_table(seeded: dict[str, AgentRunRecord]) -> None:
@@ -125,6 +173,21 @@ def test_pipeline_status_table(seeded: dict[str, AgentRunRecord]) -> None:
     lm_row = next(line for line in lines if "lm_studio" in line and "│" in line)
     assert [cell.strip() for cell in lm_row.strip("│").split("│")][:3] == ["lm_studio", "3", "1"]
     assert "remote_llm" in done.stdout and "search" not in done.stdout
+    assert _spend_rows(done.stdout) == SPEND_TABLE_24H
+
+
+def _spend_rows(stdout: str) -> list[list[str]]:
+    """The body rows of the spend table (tool, model, calls, tokens, cost_usd, saved_usd, unpriced)."""
+    table = stdout[stdout.index("LLM spend per tool and model (USD)") :]
+    rows = [[c.strip() for c in line.strip().strip("│").split("│")] for line in table.splitlines() if "│" in line]
+    return [r for r in rows if len(r) == 7 and r[0] != "tool"]
+
+
+SPEND_TABLE_24H = [
+    ["lm_studio", "qwen2.5-7b", "4", "720", "0.000000", f"{3 * CALL_USD:.6f}", "0"],
+    ["remote_llm", "gpt-4o-mini", "2", "360", f"{CALL_USD:.6f}", "0.000000", "1"],
+    ["all", "", "6", "1080", f"{CALL_USD:.6f}", f"{3 * CALL_USD:.6f}", "1"],
+]
 
 
 def test_summary_json(seeded: dict[str, AgentRunRecord]) -> None:
@@ -147,6 +210,9 @@ def test_summary_json(seeded: dict[str, AgentRunRecord]) -> None:
         "total_tokens": 1080,
         "fallback_count": 1,
         "substitution_count": 1,
+        "cost_usd": round(CALL_USD, 9),
+        "saved_usd": round(3 * CALL_USD, 9),
+        "unpriced_calls": 1,
     }
     lm, remote = out["tools"]["lm_studio"], out["tools"]["remote_llm"]
     assert (lm["calls"], lm["failed"], lm["failure_rate"], lm["share"]) == (4, 1, 0.25, round(4 / 6, 4))
@@ -154,7 +220,10 @@ def test_summary_json(seeded: dict[str, AgentRunRecord]) -> None:
     assert (lm["fallback_count"], lm["substitution_count"]) == (0, 0)
     assert (remote["calls"], remote["failed"], remote["fallback_count"], remote["substitution_count"]) == (2, 0, 1, 1)
     assert (remote["latency_ms_p50"], remote["latency_ms_p95"]) == (500.0, 590.0)
+    assert (lm["cost_usd"], lm["saved_usd"], lm["unpriced_calls"]) == (0.0, round(3 * CALL_USD, 9), 0)
+    assert (remote["cost_usd"], remote["saved_usd"], remote["unpriced_calls"]) == (round(CALL_USD, 9), 0.0, 1)
     assert set(out["tools"]) == {"lm_studio", "remote_llm"}
+    assert out["spend"] == SPEND_24H
     assert (out["spool"]["pending_records"], out["spool"]["pending_files"]) == (3, 1)
 
 
@@ -172,6 +241,10 @@ def test_summary_table(seeded: dict[str, AgentRunRecord]) -> None:
     assert rows["latency_ms_p50"] == ["250", "500", "350"]
     assert rows["latency_ms_p95"] == ["895", "590", "900"]
     assert rows["fallback_count"] == ["0", "1", "1"] and rows["substitution_count"] == ["0", "1", "1"]
+    assert rows["cost_usd"] == ["0.000000", f"{CALL_USD:.6f}", f"{CALL_USD:.6f}"]
+    assert rows["saved_usd"] == [f"{3 * CALL_USD:.6f}", "0.000000", f"{3 * CALL_USD:.6f}"]
+    assert rows["unpriced_calls"] == ["0", "1", "1"]
+    assert _spend_rows(done.stdout) == SPEND_TABLE_24H
     assert "pending_records" in done.stdout
 
 

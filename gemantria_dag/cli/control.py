@@ -21,7 +21,15 @@ from rich.table import Table
 from gemantria_dag.cli.output import fail_on_settings_error, print_json
 from gemantria_dag.control_plane.live import live_status
 from gemantria_dag.control_plane.spool import Spool
-from gemantria_dag.control_plane.usage import ToolStatus, UsageStats, parse_window, pipeline_status, usage_summary
+from gemantria_dag.control_plane.usage import (
+    SpendReport,
+    ToolStatus,
+    UsageStats,
+    parse_window,
+    pipeline_status,
+    spend_by_model,
+    usage_summary,
+)
 from gemantria_dag.control_plane.writer import ControlPlaneWriter
 from gemantria_dag.db.target import resolve_database
 from gemantria_dag.settings import Settings
@@ -93,6 +101,30 @@ def _print_header(console: Console, payload: dict[str, Any]) -> None:
         console.print(f"window: {payload['window']}, project {payload['project_id']}", markup=False)
 
 
+def _spend(conn: psycopg.Connection, settings: Settings, span: timedelta) -> dict[str, Any]:
+    return spend_by_model(conn, settings.gemantria_project_id, span).model_dump(mode="json")
+
+
+def _print_spend(console: Console, raw: dict[str, Any]) -> None:
+    """Spend and savings per tool and model, then the total (`all`); USD to the micro-dollar."""
+    report = SpendReport.model_validate(raw)
+    table = Table(title="LLM spend per tool and model (USD)")
+    for column in ("tool", "model", "calls", "tokens", "cost_usd", "saved_usd", "unpriced"):
+        table.add_column(column, justify="left" if column in ("tool", "model") else "right")
+    rows = [(row.tool or "-", row.model or "-", row) for row in report.by_tool_model]
+    for tool, model, row in [*rows, ("all", "", report.total)]:
+        table.add_row(
+            tool,
+            model,
+            str(row.calls),
+            str(row.total_tokens),
+            f"{row.cost_usd:.6f}",
+            f"{row.saved_usd:.6f}",
+            str(row.unpriced_calls),
+        )
+    console.print(table)
+
+
 def _print_kv(console: Console, title: str, values: dict[str, Any]) -> None:
     table = Table(title=title, show_header=False)
     table.add_column("key")
@@ -104,7 +136,7 @@ def _print_kv(console: Console, title: str, values: dict[str, Any]) -> None:
 
 @app.command("pipeline-status")
 def pipeline_status_command(window: str = WINDOW_OPTION, as_json: bool = JSON_OPTION) -> None:
-    """Per tool (lm_studio, each remote): successes, failures, last call and its status."""
+    """Per tool (lm_studio, each remote): successes, failures, last call and its status; spend per tool and model."""
     span = _window(window)
     with fail_on_settings_error() as settings, _database(settings) as (header, conn, writer):
         payload: dict[str, Any] = {**header, "window": window.strip()}
@@ -113,6 +145,7 @@ def pipeline_status_command(window: str = WINDOW_OPTION, as_json: bool = JSON_OP
             try:
                 statuses = pipeline_status(conn, settings.gemantria_project_id, span, expected)
                 payload["tools"] = [s.model_dump(mode="json") for s in statuses]
+                payload["spend"] = _spend(conn, settings, span)
             except psycopg.Error as exc:
                 _off(payload, writer, exc)
         payload["live"] = _live(settings)
@@ -129,6 +162,8 @@ def pipeline_status_command(window: str = WINDOW_OPTION, as_json: bool = JSON_OP
             last = status.last_run_at.isoformat(timespec="seconds") if status.last_run_at else "-"
             table.add_row(status.tool, str(status.success), str(status.failure), last, status.last_status or "-")
         console.print(table)
+    if "spend" in payload:
+        _print_spend(console, payload["spend"])
     _print_kv(console, "live", payload["live"])
 
 
@@ -142,12 +177,15 @@ _STATS_ROWS = (
     "completion_tokens",
     "fallback_count",
     "substitution_count",
+    "cost_usd",
+    "saved_usd",
+    "unpriced_calls",
 )
 
 
 @app.command("summary")
 def summary_command(window: str = WINDOW_OPTION, as_json: bool = JSON_OPTION) -> None:
-    """Backend health and routing (live), usage and failure rates, latency, tokens, fallbacks, spool."""
+    """Backend health and routing (live), usage and failure rates, latency, tokens, fallbacks, spend, spool."""
     span = _window(window)
     with fail_on_settings_error() as settings, _database(settings) as (header, conn, writer):
         payload: dict[str, Any] = {**header, "window": window.strip()}
@@ -156,6 +194,7 @@ def summary_command(window: str = WINDOW_OPTION, as_json: bool = JSON_OPTION) ->
                 summary = usage_summary(conn, settings.gemantria_project_id, span)
                 payload["usage"] = summary.total.model_dump(mode="json")
                 payload["tools"] = {tool: s.model_dump(mode="json") for tool, s in summary.tools.items()}
+                payload["spend"] = _spend(conn, settings, span)
             except psycopg.Error as exc:
                 _off(payload, writer, exc)
         payload["live"] = _live(settings)
@@ -184,8 +223,14 @@ def summary_command(window: str = WINDOW_OPTION, as_json: bool = JSON_OPTION) ->
         for tool in columns:
             table.add_column(tool, justify="right")
         for field in _STATS_ROWS:
-            table.add_row(field, *("-" if c[field] is None else f"{c[field]:g}" for c in columns.values()))
+            usd = field.endswith("_usd")  # to the micro-dollar, as in the spend table
+            table.add_row(
+                field,
+                *("-" if c[field] is None else f"{c[field]:.6f}" if usd else f"{c[field]:g}" for c in columns.values()),
+            )
         console.print(table)
+    if "spend" in payload:
+        _print_spend(console, payload["spend"])
     _print_kv(console, "live", payload["live"])
     if payload["spool"] is not None:
         _print_kv(console, "spool (not yet replayed)", payload["spool"])

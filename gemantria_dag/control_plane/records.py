@@ -134,6 +134,14 @@ class CallResult(SlimModel):
     error_code: str | None = None
     finish_reason: str | None = None
     substituted_model: str | None = None
+    # USD (gemantria_dag/cost/prices.py). Remote: the call's tokens at its model's price, None when the model
+    # has no price or the reply reported no usage ("unpriced"). Local (LM Studio, the embedded engine): 0.0,
+    # and saved_usd = what the configured remote model would have charged for the same tokens (None when
+    # there is no priced remote model, or no usage). price_source: "settings" (LLM_PRICES), "genai-prices",
+    # "local", or None (unpriced). All default to None: records written before issue 18 still load.
+    cost_usd: float | None = None
+    saved_usd: float | None = None
+    price_source: str | None = None
 
 
 @slim

@@ -3,6 +3,10 @@
 LLM calls are the rows with tool `lm_studio` or whose args carry `routed_backend` (every
 record this project writes); other agent tools sharing the table are left out. Values inside
 the JSON columns are read defensively (`jsonb_typeof`), so an odd row cannot break a report.
+
+Spend (USD) is the sum of the calls' `result_json.cost_usd`, savings the sum of `saved_usd` (what the
+local calls would have cost on the remote model); a call without a numeric `cost_usd` (unknown model,
+no usage in the reply, or a row older than cost tracking) counts as unpriced and adds nothing.
 """
 
 from __future__ import annotations
@@ -26,12 +30,21 @@ SELECT tool, created_at,
        CASE WHEN jsonb_typeof(result_json->'completion_tokens') = 'number'
             THEN (result_json->>'completion_tokens')::float8 END AS completion_tokens,
        args_json->'fallback' = 'true'::jsonb AS fallback,
-       result_json->>'substituted_model' IS NOT NULL AS substituted
+       result_json->>'substituted_model' IS NOT NULL AS substituted,
+       args_json->>'model' AS model,
+       CASE WHEN jsonb_typeof(result_json->'cost_usd') = 'number'
+            THEN (result_json->>'cost_usd')::float8 END AS cost_usd,
+       CASE WHEN jsonb_typeof(result_json->'saved_usd') = 'number'
+            THEN (result_json->>'saved_usd')::float8 END AS saved_usd
 FROM control.agent_run
 WHERE project_id = %(project_id)s
   AND created_at >= now() - %(window)s
   AND (tool = 'lm_studio' OR args_json ? 'routed_backend')
 """
+
+_SPEND_COLUMNS = """coalesce(sum(cost_usd), 0) AS cost_usd,
+       coalesce(sum(saved_usd), 0) AS saved_usd,
+       count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_calls"""
 
 _STATUS = f"""
 SELECT tool,
@@ -54,9 +67,21 @@ SELECT tool, grouping(tool) = 1 AS is_total,
        coalesce(sum(prompt_tokens), 0)::bigint AS prompt_tokens,
        coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens,
        count(*) FILTER (WHERE fallback) AS fallbacks,
-       count(*) FILTER (WHERE substituted) AS substitutions
+       count(*) FILTER (WHERE substituted) AS substitutions,
+       {_SPEND_COLUMNS}
 FROM ({_LLM_ROWS}) llm
 GROUP BY GROUPING SETS ((tool), ())
+"""
+
+# Per (tool, model) and the total (both grouped away: grouping() = 3), in one scan.
+_SPEND = f"""
+SELECT tool, model, grouping(tool, model) = 3 AS is_total,
+       count(*) AS calls,
+       coalesce(sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)), 0)::bigint AS total_tokens,
+       {_SPEND_COLUMNS}
+FROM ({_LLM_ROWS}) llm
+GROUP BY GROUPING SETS ((tool, model), ())
+ORDER BY tool, model
 """
 
 
@@ -98,6 +123,26 @@ class UsageStats(BaseModel):
     total_tokens: int = 0
     fallback_count: int = 0
     substitution_count: int = 0
+    cost_usd: float = 0.0  # USD, priced calls only
+    saved_usd: float = 0.0  # USD the local calls would have cost on the remote model
+    unpriced_calls: int = 0
+
+
+class SpendRow(BaseModel):
+    """Calls, tokens, spend and savings (USD) of one (tool, model) in the window; both None in the total."""
+
+    tool: str | None = None
+    model: str | None = None
+    calls: int = 0
+    total_tokens: int = 0
+    cost_usd: float = 0.0
+    saved_usd: float = 0.0
+    unpriced_calls: int = 0
+
+
+class SpendReport(BaseModel):
+    total: SpendRow
+    by_tool_model: list[SpendRow]
 
 
 class UsageSummary(BaseModel):
@@ -126,12 +171,39 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 1)  # 0.1 ms: float noise beyond it is not information
 
 
+def _usd(value: float) -> float:
+    return round(value, 9)  # a billionth of a dollar: float noise of the sum beyond it is not information
+
+
+def spend_by_model(conn: psycopg.Connection, project_id: int, window: timedelta) -> SpendReport:
+    """Spend, savings and unpriced calls per (tool, model) in the window, and their total."""
+    total = SpendRow()
+    rows: list[SpendRow] = []
+    for tool, model, is_total, calls, tokens, cost, saved, unpriced in conn.execute(
+        _SPEND, {"project_id": project_id, "window": window}
+    ):
+        row = SpendRow(
+            tool=None if is_total else tool,
+            model=None if is_total else model,
+            calls=calls,
+            total_tokens=tokens,
+            cost_usd=_usd(cost),
+            saved_usd=_usd(saved),
+            unpriced_calls=unpriced,
+        )
+        if is_total:
+            total = row
+        else:
+            rows.append(row)
+    return SpendReport(total=total, by_tool_model=rows)
+
+
 def usage_summary(conn: psycopg.Connection, project_id: int, window: timedelta) -> UsageSummary:
     """The project's LLM calls in the last `window`, in total and per tool (one query); raises psycopg errors."""
     hours = window.total_seconds() / 3600
     total = UsageStats()
     tools: dict[str, UsageStats] = {}
-    for tool, is_total, calls, failed, p50, p95, ptok, ctok, fallbacks, subs in conn.execute(
+    for tool, is_total, calls, failed, p50, p95, ptok, ctok, fallbacks, subs, cost, saved, unpriced in conn.execute(
         _SUMMARY, {"project_id": project_id, "window": window}
     ):
         stats = UsageStats(
@@ -147,6 +219,9 @@ def usage_summary(conn: psycopg.Connection, project_id: int, window: timedelta) 
             total_tokens=ptok + ctok,
             fallback_count=fallbacks,
             substitution_count=subs,
+            cost_usd=_usd(cost),
+            saved_usd=_usd(saved),
+            unpriced_calls=unpriced,
         )
         if is_total:
             total = stats

@@ -37,3 +37,18 @@ class EnrichmentConfig(Config):
         ),
     )
     circuit_cooldown_seconds: float = Field(30.0, ge=0)
+    max_cost_usd: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Spend at most this many USD on this run's calls (priced as in `pmagent control summary`). Before each "
+            "call, its worst case (estimated prompt tokens + max_tokens, at the route's price) must fit in what is "
+            "left; else the run stops sending calls, saves what it made and fails, and a re-run continues. Needs a "
+            "price for the remote model (LLM_PRICES or genai-prices)."
+        ),
+    )
+    max_total_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="At most this many tokens (prompt + completion, all backends) in this run; kept like max_cost_usd.",
+    )

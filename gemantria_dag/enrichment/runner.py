@@ -7,7 +7,7 @@ import gc
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -18,16 +18,24 @@ from gemantria_dag.control_plane.records import (
     EnrichmentBatch,
     NounEnrichment,
 )
+from gemantria_dag.cost.budget import Budget, BudgetExhausted, Hold
+from gemantria_dag.cost.prices import ModelPrice, call_cost, estimated_prompt_tokens
 from gemantria_dag.enrichment.parse import parse_insight
 from gemantria_dag.enrichment.progress import Progress
 from gemantria_dag.enrichment.prompt import build_messages, repair_messages
 from gemantria_dag.llm.results import CompletionResult, ErrorCode
+from gemantria_dag.names import LOCAL_ROUTES, PRICE_SOURCE_LOCAL
 from gemantria_dag.routing.failover import AllBackendsDown, Attempt, FailoverRouter
 
 
 @dataclass(frozen=True)
 class RunInfo:
-    """Who is calling, for each record's args_json."""
+    """Who is calling, for each record's args_json, and the prices of the run's calls for its result_json.
+
+    `price_by_route`: each remote route's model price (None: unknown, its calls are unpriced); local
+    routes need none. `remote_price`: the configured remote model's price, what a local call saves.
+    Both are looked up once per run (steps.make_runner), so pricing a call is arithmetic.
+    """
 
     project_id: int
     run_id: str | None
@@ -39,6 +47,18 @@ class RunInfo:
     max_tokens: int
     response_format: dict[str, Any] | None
     tool_by_route: dict[str, str]
+    price_by_route: dict[str, ModelPrice | None] = field(default_factory=dict)
+    remote_price: ModelPrice | None = None
+
+
+def _price(info: RunInfo, route: str, result: CompletionResult) -> tuple[float | None, float | None, str | None]:
+    """(cost_usd, saved_usd, price_source) of one call on `route`: see CallResult."""
+    meta = result.metadata
+    if route in LOCAL_ROUTES:
+        return 0.0, call_cost(info.remote_price, meta.prompt_tokens, meta.completion_tokens), PRICE_SOURCE_LOCAL
+    price = info.price_by_route.get(route)
+    cost = call_cost(price, meta.prompt_tokens, meta.completion_tokens)
+    return cost, None, (price.source if cost is not None else None)  # type: ignore[union-attr]
 
 
 def _record(
@@ -58,6 +78,7 @@ def _record(
         found.append({"code": str(result.error.code), "message": result.error.message})
     if substituted:
         found.append({"code": "model_substituted", "requested": meta.requested_model, "served": meta.model})
+    cost, saved, source = _price(info, attempt.route.name, result)
     return AgentRunRecord(
         project_id=info.project_id,
         session_id=session_id,
@@ -91,6 +112,9 @@ def _record(
             error_code=str(result.error.code) if result.error else None,
             finish_reason=meta.finish_reason,
             substituted_model=substituted,
+            cost_usd=cost,
+            saved_usd=saved,
+            price_source=source,
         ),
         violations=found,
     )
@@ -130,12 +154,22 @@ class EnrichmentRunner:
         log: Callable[[str], None],
         progress_interval_s: float = 5.0,
         ramp_up_s: float = 0.0,
+        budget: Budget | None = None,
     ) -> None:
         self.router = router
         self.info = info
         self.log = log
         self.progress_interval_s = progress_interval_s
         self.ramp_up_s = ramp_up_s
+        self.budget = budget or Budget()
+        # A call's worst case is priced at the dearest of the run's routes: which route serves a call is
+        # decided inside the router, after the budget must be asked. Local routes cost 0.
+        prices = [info.price_by_route.get(r.name) for r in router.routes if r.name not in LOCAL_ROUTES]
+        self._worst_price = max(
+            (p for p in prices if p is not None),
+            key=lambda p: (p.input_usd_per_mtok, p.output_usd_per_mtok),
+            default=None,
+        )
         self.batch = EnrichmentBatch()
         self.failed_nouns: list[str] = []
         # How each noun ended: "ok", a violation kind, or the error code of a failed call.
@@ -146,15 +180,31 @@ class EnrichmentRunner:
     async def _call(
         self, noun: dict[str, Any], messages: list[dict[str, str]], purpose: str
     ) -> tuple[Attempt | None, list[AgentRunRecord]]:
+        """One request (its attempts on one or two routes), recorded; raises BudgetExhausted, without calling,
+        when the budget cannot cover the request's worst case."""
         prompt_length = sum(len(m["content"]) for m in messages)
-        attempts = await self.router.complete(
-            messages=messages,
-            temperature=self.info.temperature,
-            max_tokens=self.info.max_tokens,
-            response_format=self.info.response_format,
-        )
-        records = [_record(self.info, noun, a, prompt_length, purpose, [], self._session_id) for a in attempts]
+        hold = await self._hold(prompt_length, len(messages)) if self.budget.limited else None
+        try:
+            attempts = await self.router.complete(
+                messages=messages,
+                temperature=self.info.temperature,
+                max_tokens=self.info.max_tokens,
+                response_format=self.info.response_format,
+            )
+            records = [_record(self.info, noun, a, prompt_length, purpose, [], self._session_id) for a in attempts]
+        except BaseException:
+            if hold is not None:
+                self.budget.release(hold)  # never left held: calls waiting for room would wait forever
+            raise
+        if hold is not None:
+            self.budget.settle(hold, (r.result for r in records))
         return (attempts[-1] if attempts else None), records
+
+    async def _hold(self, prompt_length: int, messages: int) -> Hold:
+        """Hold this request's worst case against the budget: estimated prompt + max_tokens, dearest route."""
+        prompt = estimated_prompt_tokens(prompt_length, messages)
+        usd = call_cost(self._worst_price, prompt, self.info.max_tokens) or 0.0  # no priced route: 0
+        return await self.budget.reserve(usd, prompt + self.info.max_tokens)
 
     async def enrich_one(self, noun: dict[str, Any]) -> None:
         """Call for one noun (and once more to repair a reply that does not validate); record every call.
@@ -170,9 +220,15 @@ class EnrichmentRunner:
             insight, problem = parse_insight(final.result.response)
             if problem:
                 records[-1].violations.append({"code": "schema_violation", "message": problem})
-                final, more = await self._call(
-                    noun, repair_messages(messages, final.result.response or "", problem), "repair"
-                )
+                try:
+                    final, more = await self._call(
+                        noun, repair_messages(messages, final.result.response or "", problem), "repair"
+                    )
+                except (AllBackendsDown, BudgetExhausted):
+                    # The first call was made (and maybe paid): its record is kept. The noun has no outcome,
+                    # so the next run calls for it afresh.
+                    self.batch.records.extend(records)
+                    raise
                 records.extend(more)
                 if final is not None and final.result.ok:
                     insight, problem = parse_insight(final.result.response)
@@ -204,14 +260,20 @@ class EnrichmentRunner:
         self.tally[kind] += 1
 
     async def run(self, nouns: list[dict[str, Any]]) -> EnrichmentBatch:
-        """Enrich `nouns`; raise AllBackendsDown (with self.batch holding what was done) if every backend dies."""
+        """Enrich `nouns`; self.batch holds what was done, also when this raises.
+
+        Raises AllBackendsDown if every backend dies, BudgetExhausted (one message: the budget, the spend,
+        the nouns left) when the budget cannot cover the next call. Either way no new call starts, and the
+        calls in flight finish and are recorded before it raises.
+        """
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         for noun in nouns:
             queue.put_nowait(noun)
         progress = Progress(len(nouns), self.log, self.progress_interval_s, self.tally)
         workers = max(1, min(len(nouns), sum(r.concurrency for r in self.router.routes)))
 
-        outage: list[AllBackendsDown] = []
+        # The first reason to stop sending calls: every backend down, or the budget spent.
+        stop: list[AllBackendsDown | BudgetExhausted] = []
 
         async def worker(i: int) -> None:
             if self.ramp_up_s > 0 and i:
@@ -219,8 +281,8 @@ class EnrichmentRunner:
                 # and each burst queues on the server and on this loop (measured through Dagster at
                 # C=16 against the 200 ms server: 74.9 -> 76.4 calls/s with a 0.2 s ramp, net of it).
                 await asyncio.sleep(i * self.ramp_up_s / workers)
-            # On an outage, stop taking nouns but let calls in flight finish: their records count.
-            while not outage:
+            # On an outage or at the budget, stop taking nouns but let calls in flight finish: their records count.
+            while not stop:
                 try:
                     noun = queue.get_nowait()
                 except asyncio.QueueEmpty:
@@ -228,8 +290,11 @@ class EnrichmentRunner:
                 try:
                     await self.enrich_one(noun)
                 except AllBackendsDown as exc:
-                    outage.append(exc)
+                    stop.append(exc)
                     self.failed_nouns.append(noun["strong_id"])
+                    return
+                except BudgetExhausted as exc:
+                    stop.append(exc)  # not a failure: the noun is left for the next run
                     return
                 progress.done += 1
 
@@ -240,11 +305,15 @@ class EnrichmentRunner:
         finally:
             reporter.cancel()
             await asyncio.gather(reporter, return_exceptions=True)
-        if outage:
-            raise outage[0]
+        if stop and isinstance(stop[0], BudgetExhausted):
+            # Worded now, after the calls in flight came back: the spend and the nouns left are final.
+            left = len(nouns) - len(self.batch.enrichments)
+            raise BudgetExhausted(self.budget.exhausted_message(nouns_left=left, nouns=len(nouns)))
+        if stop:
+            raise stop[0]
         if nouns:
             self.log(progress.line())
         return self.batch
 
 
-__all__ = ["AllBackendsDown", "EnrichmentRunner", "RunInfo"]
+__all__ = ["AllBackendsDown", "BudgetExhausted", "EnrichmentRunner", "RunInfo"]

@@ -20,7 +20,8 @@ def percentile(values: list[float], q: int) -> float | None:
 
 def run_stats(batch: EnrichmentBatch, *, failed_nouns: int) -> dict[str, Any]:
     """The run's materialization metadata: call counts (failed, repairs, fallbacks, substitutions), nouns
-    by outcome, call latency p50/p95 in milliseconds (None without calls), token sums, calls per route."""
+    by outcome, call latency p50/p95 in milliseconds (None without calls), token sums, spend and savings
+    in USD, calls per route."""
     records = batch.records
     latencies = [r.result.latency_ms for r in records if r.result.latency_ms is not None]
     return {
@@ -39,6 +40,12 @@ def run_stats(batch: EnrichmentBatch, *, failed_nouns: int) -> dict[str, Any]:
         "prompt_tokens": sum(r.result.prompt_tokens or 0 for r in records),
         "completion_tokens": sum(r.result.completion_tokens or 0 for r in records),
         "backend_mix": dict(Counter(r.args.backend for r in records)),
+        # USD: what the calls cost (priced calls only), what the local ones saved, and the calls left unpriced.
+        # Started at 0.0: a run with no call must still give floats (MetadataValue.float refuses an int 0).
+        "cost_usd": sum((r.result.cost_usd or 0.0 for r in records), 0.0),
+        "saved_usd": sum((r.result.saved_usd or 0.0 for r in records), 0.0),
+        "unpriced_calls": sum(r.result.cost_usd is None for r in records),
+        "total_tokens": sum((r.result.prompt_tokens or 0) + (r.result.completion_tokens or 0) for r in records),
     }
 
 

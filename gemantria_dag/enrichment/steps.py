@@ -21,18 +21,21 @@ from dagster import (
 )
 
 from gemantria_dag.control_plane.records import EnrichmentBatch, NounEnrichment
+from gemantria_dag.cost.budget import Budget
+from gemantria_dag.cost.prices import ModelPrice, price_for
 from gemantria_dag.enrichment.config import EnrichmentConfig
 from gemantria_dag.enrichment.partitions import LETTER_NAMES
 from gemantria_dag.enrichment.plan import build_router, nouns_for_partitions, tool_by_route
 from gemantria_dag.enrichment.progress import tally_text
 from gemantria_dag.enrichment.prompt import params_hash, response_format
-from gemantria_dag.enrichment.runner import AllBackendsDown, EnrichmentRunner, RunInfo
+from gemantria_dag.enrichment.runner import AllBackendsDown, BudgetExhausted, EnrichmentRunner, RunInfo
 from gemantria_dag.enrichment.stats import check_verdicts, run_stats
 from gemantria_dag.llm.health import HealthCheck
 from gemantria_dag.names import (
     BACKEND_TAG,
     ENGINE,
     LM_STUDIO,
+    LOCAL_ROUTES,
     META_MODEL,
     META_PROMPT_VERSION,
     NO_BACKEND,
@@ -50,6 +53,8 @@ CHECKS = ("coverage", "failure_rate", "confidence_in_range", "no_empty_insight",
 # blocking check. Answers that do not validate (violations, truncated) fail `failure_rate`, which
 # reports without failing the run: the answers came, and they are stored.
 BLOCKING_CHECKS = frozenset({"failed_nouns"})
+# Run statistics that build_result wraps in a MetadataValue of their own.
+_TYPED_STATS = frozenset({"backend_mix", "cost_usd", "saved_usd", "unpriced_calls", "total_tokens"})
 
 
 def check_specs() -> list[AssetCheckSpec]:
@@ -147,6 +152,35 @@ def plan_work(
     return WorkPlan(partitions, in_scope, nouns, cached, todo, p_hash)
 
 
+def _set_price_hint(model: str) -> str:
+    price = '{"input": <USD per 1M input tokens>, "output": <USD per 1M output tokens>}'
+    return f"""set LLM_PRICES='{{"{model}": {price}}}'"""
+
+
+def run_prices(
+    routes: Iterable[tuple[str, str | None]], settings: Settings, log_warning: Callable[[str], None]
+) -> tuple[dict[str, ModelPrice | None], ModelPrice | None]:
+    """The run's prices, looked up once: each remote route's (by route name, from its (name, model)), and the
+    configured remote model's (`REMOTE_LLM_MODEL`, what local calls save; None when unset or unknown).
+
+    A remote model without a price is named once in the run log, with the fix (LLM_PRICES): its calls are
+    recorded unpriced, never with a guessed number.
+    """
+    provider = settings.remote_llm_provider
+    by_route = {name: price_for(model, provider, settings) for name, model in routes if name not in LOCAL_ROUTES}
+    remote = settings.remote_llm_model
+    remote_price = price_for(remote, provider, settings)
+    unknown = sorted({m for n, m in routes if n not in LOCAL_ROUTES and m and by_route[n] is None})
+    if remote and remote_price is None and remote not in unknown:
+        unknown.append(remote)
+    for model in unknown:
+        log_warning(
+            f"no price for the remote model {model!r} (provider {provider}) in LLM_PRICES or genai-prices: its calls "
+            f"are recorded with cost_usd null (unpriced) and local calls with saved_usd null; {_set_price_hint(model)}"
+        )
+    return by_route, remote_price
+
+
 def make_runner(
     context: AssetExecutionContext,
     config: EnrichmentConfig,
@@ -155,7 +189,23 @@ def make_runner(
     backends: Mapping[str, Backend],
     settings: Settings,
 ) -> EnrichmentRunner:
-    """The runner of this run's calls, on the decision's routes with the run's concurrency."""
+    """The runner of this run's calls, on the decision's routes with the run's concurrency, its prices and budget.
+
+    Raises dagster.Failure, before any call, when `max_cost_usd` is set and a remote route of the run has no
+    price (the budget could not be kept).
+    """
+    # The routes build_router makes of the decision, priced (and the budget refused) before any pool is touched.
+    routes = [(decision.backend, decision.model)]
+    if decision.fallback:
+        routes.append((decision.fallback, decision.fallback_model))
+    price_by_route, remote_price = run_prices(routes, settings, context.log.warning)
+    if config.max_cost_usd is not None:
+        unpriced = [m or "?" for n, m in routes if n not in LOCAL_ROUTES and price_by_route[n] is None]
+        if unpriced:
+            raise Failure(
+                description=f"max_cost_usd={config.max_cost_usd} cannot be kept: no price for the remote model "
+                f"{unpriced[0]!r}; {_set_price_hint(unpriced[0])}, or run without max_cost_usd"
+            )
     concurrency = {LM_STUDIO: config.lm_studio_concurrency, REMOTE: config.remote_concurrency, ENGINE: None}
     router = build_router(decision, dict(backends), settings, concurrency, config.circuit_cooldown_seconds)
     info = RunInfo(
@@ -169,8 +219,13 @@ def make_runner(
         max_tokens=config.max_tokens,
         response_format=response_format(),
         tool_by_route=tool_by_route(settings),
+        price_by_route=price_by_route,
+        remote_price=remote_price,
     )
-    return EnrichmentRunner(router, info, context.log.info, config.progress_interval_seconds, config.ramp_up_seconds)
+    budget = Budget(config.max_cost_usd, config.max_total_tokens)
+    return EnrichmentRunner(
+        router, info, context.log.info, config.progress_interval_seconds, config.ramp_up_seconds, budget
+    )
 
 
 def run_calls(
@@ -179,8 +234,9 @@ def run_calls(
     backends: Iterable[Backend],
     save: Callable[[EnrichmentBatch], str],
 ) -> EnrichmentBatch:
-    """Make the calls; on an outage of every backend, `save` what was done and raise dagster.Failure
-    (Dagster hands a failed step's value to no IO manager, so the calls made would be lost otherwise)."""
+    """Make the calls; on an outage of every backend or when the run's budget is spent, `save` what was done
+    and raise dagster.Failure (Dagster hands a failed step's value to no IO manager, so the calls made would
+    be lost otherwise). A re-run reuses the saved outcomes: it calls only for the nouns left."""
 
     async def go() -> None:
         # Returns nothing: asyncio.run would build a repr of a large result on some signal set-ups.
@@ -191,11 +247,12 @@ def run_calls(
 
     try:
         asyncio.run(go())
-    except AllBackendsDown as exc:
+    except (AllBackendsDown, BudgetExhausted) as exc:
         where = save(runner.batch)
+        stop = "the outage" if isinstance(exc, AllBackendsDown) else "the run stopped"
         raise Failure(
             description=f"{exc} ({len(runner.batch.records)} calls and {len(runner.batch.enrichments)} outcomes "
-            f"made before the outage were saved to {where})",
+            f"made before {stop} were saved to {where})",
             metadata=run_stats(runner.batch, failed_nouns=len(runner.failed_nouns)),
         ) from None
     return runner.batch
@@ -232,8 +289,14 @@ def build_result(
     return MaterializeResult(
         value=batch,
         metadata={
-            **{k: v for k, v in stats.items() if v is not None and k != "backend_mix"},
+            **{k: v for k, v in stats.items() if v is not None and k not in _TYPED_STATS},
             "backend_mix": MetadataValue.json(stats["backend_mix"]),
+            # Typed explicitly, and present on every materialization (0 when nothing was spent), so that the
+            # UI plots them across materializations.
+            "cost_usd": MetadataValue.float(stats["cost_usd"]),
+            "saved_usd": MetadataValue.float(stats["saved_usd"]),
+            "unpriced_calls": MetadataValue.int(stats["unpriced_calls"]),
+            "total_tokens": MetadataValue.int(stats["total_tokens"]),
             "routed_backend": decision.backend,
             "routing_reasons": MetadataValue.json(decision.reasons),
             META_MODEL: decision.model or "",

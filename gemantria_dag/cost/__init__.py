@@ -1,0 +1,1 @@
+"""What LLM calls cost: model prices (`prices`) and a run's spending limits (`budget`)."""
