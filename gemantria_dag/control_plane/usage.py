@@ -141,6 +141,8 @@ class SpendRow(BaseModel):
 
 
 class SpendReport(BaseModel):
+    """Spend and savings in USD over the window: all LLM calls (`total`) and per (tool, model)."""
+
     total: SpendRow
     by_tool_model: list[SpendRow]
 

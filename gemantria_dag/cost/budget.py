@@ -72,6 +72,7 @@ class Budget:
 
     @property
     def limited(self) -> bool:
+        """Whether this run has a budget at all (max_cost_usd or max_total_tokens)."""
         return self.max_cost_usd is not None or self.max_total_tokens is not None
 
     def _over(self, usd: float, tokens: int) -> str | None:
