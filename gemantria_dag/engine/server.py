@@ -28,6 +28,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from gemantria_dag.engine.files import EngineFileError, find_binary, find_model
+from gemantria_dag.engine.process import exit_code, signal_group, spawn_detached
 from gemantria_dag.settings import SETTINGS_PREFIXES, Settings, child_environment
 
 HOST = "127.0.0.1"  # loopback only: the engine has no API key
@@ -232,49 +233,13 @@ def engine_command(settings: Settings, binary: Path, model: Path, port: int) -> 
 
 
 def _spawn(settings: Settings, binary: Path, model: Path, port: int, log: Path) -> int:
-    """Start llama-server detached; return its pid. Its output is appended to `log`.
-
-    posix_spawn rather than Popen: the engine outlives this process, so no Popen object should
-    own it (one garbage-collected while its child runs warns, and joins subprocess's reaping list).
-    """
+    """Start llama-server detached (its own session, output appended to `log`); return its pid."""
     try:
-        return os.posix_spawn(
-            str(binary),
-            engine_command(settings, binary, model, port),
-            child_environment(without=CHILD_ENV_DROP),
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
-                (os.POSIX_SPAWN_DUP2, 1, 2),
-                *((os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds()),
-            ],
-            # Its own session: Ctrl-C in the starting terminal does not reach it, and stop can
-            # signal the whole group.
-            setsid=True,
+        return spawn_detached(
+            binary, engine_command(settings, binary, model, port), child_environment(without=CHILD_ENV_DROP), log
         )
     except OSError as exc:
         raise EngineStartError(f"could not run {binary}: {exc}") from None
-
-
-def _inherited_fds() -> list[int]:
-    """This process's descriptors above stderr that a child would inherit (not close-on-exec).
-
-    The engine outlives its starter: holding a copy of, say, the pipe a Dagster step's output goes
-    to, it would keep whoever reads that pipe waiting for an end of file that never comes (seen:
-    `make materialize` under `subprocess.run(capture_output=True)` hung until its timeout).
-    """
-    try:
-        fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:
-        return []
-    found = []
-    for fd in fds:
-        try:
-            if fd > 2 and os.get_inheritable(fd):
-                found.append(fd)
-        except OSError:
-            pass  # the descriptor listdir itself used, closed since
-    return found
 
 
 def _wait_healthy(pid: int, state: EngineState, timeout_s: float) -> str | None:
@@ -282,7 +247,7 @@ def _wait_healthy(pid: int, state: EngineState, timeout_s: float) -> str | None:
     deadline = time.monotonic() + timeout_s
     last: dict[str, Any] | str | None = "no answer yet"
     while time.monotonic() < deadline:
-        code = _exit_code(pid)
+        code = exit_code(pid)
         if code is not None:
             return f"llama-server exited with code {code} before it was ready (model {state.model_path})"
         healthy, last = _health(state, timeout=1.0)
@@ -290,15 +255,6 @@ def _wait_healthy(pid: int, state: EngineState, timeout_s: float) -> str | None:
             return None
         time.sleep(POLL_SECONDS)
     return f"llama-server was not healthy within {timeout_s:g} s (ENGINE_START_TIMEOUT_SECONDS); last /health: {last}"
-
-
-def _exit_code(pid: int) -> int | None:
-    """The exit code of our child `pid` if it has exited (reaping it), else None."""
-    try:
-        done, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return None
-    return os.waitstatus_to_exitcode(status) if done == pid else None
 
 
 # ---- probing and stopping ----
@@ -326,7 +282,7 @@ def _health(state: EngineState, *, timeout: float) -> tuple[bool, dict[str, Any]
 def _process_alive(state: EngineState) -> bool:
     """True if the recorded pid runs and (where /proc tells) is the recorded binary, not a reused pid."""
     # Reap it if it is our own exited child (the starter and the stopper are often one process).
-    if _exit_code(state.pid) is not None:
+    if exit_code(state.pid) is not None:
         return False
     try:
         os.kill(state.pid, 0)
@@ -356,24 +312,19 @@ def _terminate(state: EngineState) -> bool:
     """SIGTERM the engine's process group, SIGKILL it after the grace; True if it was alive."""
     if not _process_alive(state):
         return False
-    _signal_group(state.pid, signal.SIGTERM)
+    signal_group(state.pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE_SECONDS
     while time.monotonic() < deadline:
         if not _process_alive(state):
+            exit_code(state.pid)  # reap it when it is our own child: no zombie left behind
             return True
         time.sleep(POLL_SECONDS)
-    _signal_group(state.pid, signal.SIGKILL)
+    signal_group(state.pid, signal.SIGKILL)
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline and _process_alive(state):
         time.sleep(POLL_SECONDS)
+    exit_code(state.pid)
     return True
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)  # started with start_new_session: its pid is its group's id
-    except ProcessLookupError:
-        pass
 
 
 # ---- files ----
