@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     remote_llm_timeout_seconds: float = Field(60.0, gt=0, le=3600)
     remote_llm_provider: str = Field("remote_llm", pattern=r"^[a-z][a-z0-9_]{0,63}$")
     remote_llm_max_concurrency: int = Field(16, ge=1, le=1024)
+    # USD the remote may cost per day (UTC, by control.agent_run's created_at); spent: routing skips the
+    # remote, and a run stops before a call that could go over it. Unset: no daily limit.
+    remote_llm_daily_budget_usd: float | None = Field(None, ge=0)
 
     # The embedded engine: llama.cpp's llama-server, started and stopped by the project itself
     # (gemantria_dag/engine/), the last resort when neither LM Studio nor a remote can serve.

@@ -186,3 +186,56 @@ def test_no_limit_never_refuses() -> None:
     budget = Budget()
     assert not budget.limited
     asyncio.run(budget.reserve(1e9, 10**12))
+
+
+def test_the_daily_remote_budget_stops_a_run_naming_it() -> None:
+    async def go() -> str:
+        budget = Budget(daily_remote_usd=0.0015)
+        first = await budget.reserve(0.001, 100)
+        with pytest.raises(BudgetExhausted):
+            budget.settle(first, [CallResult(ok=True, cost_usd=0.001, prompt_tokens=50, completion_tokens=50)])
+            await budget.reserve(0.001, 100)
+        return budget.exhausted_message(nouns_left=5, nouns=6)
+
+    message = asyncio.run(go())
+    assert "REMOTE_LLM_DAILY_BUDGET_USD" in message and "5 of 6 nouns" in message and "tomorrow" in message
+
+
+def test_todays_remote_spend_is_read_from_the_control_plane(
+    control_plane_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gemantria_dag.control_plane.records import AgentRunRecord, CallArgs, EnrichmentBatch
+    from gemantria_dag.control_plane.spool import Spool
+    from gemantria_dag.control_plane.writer import ControlPlaneWriter
+    from gemantria_dag.cost.daily import daily_remote_budget
+    from gemantria_dag.db.target import resolve_database
+    from gemantria_dag.settings import get_settings, reset_settings_cache
+
+    monkeypatch.setenv("REMOTE_LLM_DAILY_BUDGET_USD", "0.01")
+    reset_settings_cache()
+    settings = get_settings()
+
+    def record(tool: str, cost: float | None) -> AgentRunRecord:
+        args = CallArgs(
+            model="m", prompt_length=10, temperature=0.2, max_tokens=64, routed_backend="remote", backend="remote"
+        )
+        return AgentRunRecord(
+            project_id=settings.gemantria_project_id, tool=tool, args=args, result=CallResult(ok=True, cost_usd=cost)
+        )
+
+    batch = EnrichmentBatch(
+        records=[
+            record("remote_llm", 0.004),
+            record("remote_llm", 0.003),
+            record("remote_llm", None),
+            record("lm_studio", 0.0),
+        ]
+    )
+    writer = ControlPlaneWriter(resolve_database(settings), Spool(settings.spool_dir))
+    assert not writer.write(batch).spooled
+    daily = daily_remote_budget(settings)
+    assert daily is not None and daily.spent_usd == pytest.approx(0.007) and not daily.spent
+    assert daily.left_usd == pytest.approx(0.003)
+    monkeypatch.setenv("REMOTE_LLM_DAILY_BUDGET_USD", "0.007")
+    reset_settings_cache()
+    assert daily_remote_budget(get_settings()).spent  # type: ignore[union-attr]

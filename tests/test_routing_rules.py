@@ -86,3 +86,16 @@ def test_none_names_both_backends() -> None:
 def test_model_follows_the_backend() -> None:
     assert select_backend(lm(), remote(), settings()).model == MODEL
     assert select_backend(lm("lm_off"), remote(), settings()).model == "gpt-x"
+
+
+@pytest.mark.parametrize(
+    ("spent", "backend"),
+    [(None, "remote"), (0.0, "remote"), (0.4999, "remote"), (0.5, "none"), (3.0, "none")],
+)
+def test_a_spent_daily_remote_budget_makes_the_remote_unavailable(spent: float | None, backend: str) -> None:
+    decision = select_backend(
+        lm("lm_off"), remote(), settings(remote_llm_daily_budget_usd=0.5), remote_spent_today_usd=spent
+    )
+    assert decision.backend == backend
+    if backend == "none":
+        assert any("daily remote budget spent" in r and "REMOTE_LLM_DAILY_BUDGET_USD" in r for r in decision.reasons)

@@ -179,6 +179,12 @@ def test_ui_in_a_real_browser(ui_stack: UIStack, ui_page: Any) -> None:
     page.get_by_text(f"partition: {PARTITION}").first.wait_for()
     shot(page, "07-enrichment-run")
 
+    # The run's spend, savings and tokens are numeric metadata: Dagster plots them across materializations.
+    page.goto(stack.url + "/assets/noun_enrichments?view=plots")
+    for key in ("cost_usd", "saved_usd", "total_tokens"):
+        page.get_by_text(key, exact=True).first.wait_for()
+    shot(page, "07b-cost-plots")
+
     # Its LLM calls are in the control plane (the run's Postgres), all on LM Studio = SmolLM2.
     with psycopg.connect(stack.dsn) as conn:
         calls = conn.execute(

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from gemantria_dag.control_plane.records import CallResult
 
+DAILY_BUDGET = "REMOTE_LLM_DAILY_BUDGET_USD"
+
 
 class BudgetExhausted(RuntimeError):
     """A run's next call could go over its budget; the message names the budget, the spend and what is left."""
@@ -44,6 +46,7 @@ class Budget:
     __slots__ = (
         "max_cost_usd",
         "max_total_tokens",
+        "daily_remote_usd",
         "spent_usd",
         "spent_tokens",
         "calls",
@@ -55,9 +58,17 @@ class Budget:
         "_changed",
     )
 
-    def __init__(self, max_cost_usd: float | None = None, max_total_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        max_cost_usd: float | None = None,
+        max_total_tokens: int | None = None,
+        daily_remote_usd: float | None = None,
+    ) -> None:
         self.max_cost_usd = max_cost_usd
         self.max_total_tokens = max_total_tokens
+        # What is left today of REMOTE_LLM_DAILY_BUDGET_USD when the run starts (local calls cost 0, so
+        # every USD this run spends counts against it).
+        self.daily_remote_usd = daily_remote_usd
         self.spent_usd = 0.0
         self.spent_tokens = 0
         self.calls = 0
@@ -72,8 +83,8 @@ class Budget:
 
     @property
     def limited(self) -> bool:
-        """Whether this run has a budget at all (max_cost_usd or max_total_tokens)."""
-        return self.max_cost_usd is not None or self.max_total_tokens is not None
+        """Whether this run has a budget at all (max_cost_usd, max_total_tokens or the daily remote budget)."""
+        return self.max_cost_usd is not None or self.max_total_tokens is not None or self.daily_remote_usd is not None
 
     def _over(self, usd: float, tokens: int) -> str | None:
         """The limit that `usd` and `tokens` more could exceed (counting the holds), or None."""
@@ -82,6 +93,9 @@ class Budget:
             return "max_cost_usd"
         if max_tokens is not None and self.spent_tokens + self._held_tokens + tokens > max_tokens:
             return "max_total_tokens"
+        daily = self.daily_remote_usd
+        if daily is not None and self.spent_usd + self._held_usd + usd > daily:
+            return DAILY_BUDGET
         return None
 
     async def reserve(self, usd: float, tokens: int) -> Hold:
@@ -136,20 +150,21 @@ class Budget:
 
     def exhausted_message(self, *, nouns_left: int, nouns: int) -> str:
         """One line for a run the budget stopped: the budget, the spend, the nouns left and what to do."""
-        limit = (
-            f"max_cost_usd={_usd(self.max_cost_usd or 0.0)}"
-            if self.stopped_by == "max_cost_usd"
-            else f"max_total_tokens={self.max_total_tokens:,}"
-        )
+        if self.stopped_by == "max_cost_usd":
+            limit = f"max_cost_usd={_usd(self.max_cost_usd or 0.0)}"
+        elif self.stopped_by == DAILY_BUDGET:
+            limit = f"{DAILY_BUDGET} (what was left of it today: {_usd(self.daily_remote_usd or 0.0)})"
+        else:
+            limit = f"max_total_tokens={self.max_total_tokens:,}"
         refused = self.refused or Hold(0.0, 0)
-        next_call = (
-            f"up to {_usd(refused.usd)}" if self.stopped_by == "max_cost_usd" else f"up to {refused.tokens:,} tokens"
-        )
+        in_usd = self.stopped_by in ("max_cost_usd", DAILY_BUDGET)
+        next_call = f"up to {_usd(refused.usd)}" if in_usd else f"up to {refused.tokens:,} tokens"
         return (
             f"budget {limit} reached: spent {_usd(self.spent_usd)} and {self.spent_tokens:,} tokens in "
             f"{self.calls} calls, and the next call could take {next_call} more, so the run stopped sending calls. "
             f"{nouns_left} of {nouns} nouns are left without an outcome: run again with a higher "
-            f"{self.stopped_by} (or none) to enrich them; stored outcomes are reused, so no call is paid twice."
+            f"{self.stopped_by} (or none{', or tomorrow' if self.stopped_by == DAILY_BUDGET else ''}) to enrich "
+            "them; stored outcomes are reused, so no call is paid twice."
         )
 
 

@@ -22,6 +22,7 @@ from dagster import (
 
 from gemantria_dag.control_plane.records import EnrichmentBatch, NounEnrichment
 from gemantria_dag.cost.budget import Budget
+from gemantria_dag.cost.daily import daily_remote_budget
 from gemantria_dag.cost.prices import ModelPrice, price_for
 from gemantria_dag.enrichment.config import EnrichmentConfig
 from gemantria_dag.enrichment.partitions import LETTER_NAMES
@@ -222,7 +223,10 @@ def make_runner(
         price_by_route=price_by_route,
         remote_price=remote_price,
     )
-    budget = Budget(config.max_cost_usd, config.max_total_tokens)
+    daily = daily_remote_budget(settings) if REMOTE in (decision.backend, decision.fallback) else None
+    if daily is not None and daily.unknown_because:
+        context.log.warning(f"REMOTE_LLM_DAILY_BUDGET_USD cannot be checked: {daily.unknown_because}")
+    budget = Budget(config.max_cost_usd, config.max_total_tokens, daily.left_usd if daily is not None else None)
     return EnrichmentRunner(
         router, info, context.log.info, config.progress_interval_seconds, config.ramp_up_seconds, budget
     )

@@ -64,10 +64,19 @@ def lm_studio_problems(lm: HealthResult | None, settings: Settings) -> list[str]
     return problems
 
 
-def remote_problems(remote: HealthResult | None, settings: Settings) -> list[str]:
-    """Why the remote API is not eligible (empty when it is)."""
+def remote_problems(
+    remote: HealthResult | None, settings: Settings, remote_spent_today_usd: float | None = None
+) -> list[str]:
+    """Why the remote API is not eligible (empty when it is). `remote_spent_today_usd`: what the remote
+    cost today (None: unknown or not asked), against REMOTE_LLM_DAILY_BUDGET_USD."""
     if not settings.remote_configured:
         return ["remote LLM not configured (set REMOTE_LLM_BASE_URL and REMOTE_LLM_MODEL)"]
+    budget = settings.remote_llm_daily_budget_usd
+    if budget is not None and remote_spent_today_usd is not None and remote_spent_today_usd >= budget:
+        return [
+            f"daily remote budget spent: ${remote_spent_today_usd:.4f} of ${budget:.4f} today "
+            "(REMOTE_LLM_DAILY_BUDGET_USD; the remote is skipped until tomorrow, UTC)"
+        ]
     if remote is None:
         return ["remote LLM health not checked"]
     if not (remote.ok and remote.mode == "remote_ready"):
@@ -77,7 +86,11 @@ def remote_problems(remote: HealthResult | None, settings: Settings) -> list[str
 
 
 def select_backend(
-    lm: HealthResult | None, remote: HealthResult | None, settings: Settings, engine: HealthResult | None = None
+    lm: HealthResult | None,
+    remote: HealthResult | None,
+    settings: Settings,
+    engine: HealthResult | None = None,
+    remote_spent_today_usd: float | None = None,
 ) -> RoutingDecision:
     """RFC-080's rule: LM Studio when eligible, else the remote when configured and healthy, else the
     embedded engine when it can serve (the last resort), else none.
@@ -91,7 +104,7 @@ def select_backend(
     lm_why = lm_studio_problems(lm, settings)
     if not lm_why:
         return forced_decision(LM_STUDIO, settings, ["LM Studio ready"])
-    remote_why = remote_problems(remote, settings)
+    remote_why = remote_problems(remote, settings, remote_spent_today_usd)
     if not remote_why:
         return forced_decision(REMOTE, settings, [*lm_why, "remote LLM ready"])
     if lm is not None and lm.mode == "lm_loading" and settings.use_lm_studio and settings.lm_studio_model:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from gemantria_dag.cost.daily import daily_remote_budget
 from gemantria_dag.llm.health import HealthCheck
 from gemantria_dag.llm.results import HealthResult
 from gemantria_dag.names import NO_BACKEND
@@ -25,9 +26,12 @@ def decide_now(
     """(decision, LM Studio's health, the remote's health), checked now; never raises for a backend fault.
 
     The embedded engine (the last resort) is checked only when neither LM Studio nor the remote can serve.
+    With REMOTE_LLM_DAILY_BUDGET_USD set, today's remote spend is read from the control plane.
     """
     lm, rm = check_both(lm_studio, remote)
-    decision = select_backend(lm, rm, settings)
+    daily = daily_remote_budget(settings)  # reads control.agent_run only when a daily budget is set
+    spent = daily.spent_usd if daily is not None else None
+    decision = select_backend(lm, rm, settings, remote_spent_today_usd=spent)
     if decision.backend == NO_BACKEND and engine is not None:
-        decision = select_backend(lm, rm, settings, engine.health())
+        decision = select_backend(lm, rm, settings, engine.health(), remote_spent_today_usd=spent)
     return decision, lm, rm
