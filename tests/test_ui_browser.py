@@ -179,10 +179,14 @@ def test_ui_in_a_real_browser(ui_stack: UIStack, ui_page: Any) -> None:
     page.get_by_text(f"partition: {PARTITION}").first.wait_for()
     shot(page, "07-enrichment-run")
 
-    # The run's spend, savings and tokens are numeric metadata: Dagster plots them across materializations.
-    page.goto(stack.url + "/assets/noun_enrichments?view=plots")
+    # The run's spend, savings and tokens are numeric metadata: the asset's Metadata section plots them
+    # across materializations (Plots, by Events).
+    page.goto(stack.url + "/assets/noun_enrichments")
+    page.get_by_role("button", name="Plots").click()
+    page.get_by_role("button", name="Events").click()
     for key in ("cost_usd", "saved_usd", "total_tokens"):
         page.get_by_text(key, exact=True).first.wait_for()
+    page.get_by_text("cost_usd", exact=True).first.scroll_into_view_if_needed()
     shot(page, "07b-cost-plots")
 
     # Its LLM calls are in the control plane (the run's Postgres), all on LM Studio = SmolLM2.
