@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -26,7 +28,8 @@ def test_main_job_twice_with_embedded_postgres(tmp_path: Path) -> None:
     """The README's main-job command as a newcomer runs it: GEMATRIA_DSN unset (the embedded Postgres
     starts by itself), no LM Studio, no remote (the embedded engine serves); twice, the second time
     with 0 LLM calls."""
-    state = Path("/tmp") / f"gmst-{tmp_path.name[-12:]}"
+    # A short path of its own under /tmp: the embedded server's socket lives in its data folder (<= 93 chars).
+    state = Path(tempfile.mkdtemp(prefix="gmst-", dir="/tmp"))
     env = cli_env(GEMANTRIA_STATE_DIR=str(state), USE_ENGINE="1")
     env.pop("GEMATRIA_DSN")
     try:
@@ -55,6 +58,7 @@ def test_main_job_twice_with_embedded_postgres(tmp_path: Path) -> None:
     finally:
         _run([str(VENV_BIN / "pmagent"), "engine", "stop"], env)
         stop = _run([str(VENV_BIN / "pmagent"), "db", "stop"], env)
+        shutil.rmtree(state, ignore_errors=True)
         assert stop.returncode == 0, stop.stderr
 
 
