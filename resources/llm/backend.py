@@ -159,11 +159,6 @@ class LLMBackend(ConfigurableResource, abc.ABC):
         """The response_format form this server accepted, once a structured call has succeeded."""
         return self._backend.learned_form if self._backend is not None else None
 
-    @property
-    def pool_size(self) -> int:
-        """Connections per pool: `max_connections`, or more after `ensure_pool_size`."""
-        return self.pools.spec.size
-
     def ensure_pool_size(self, calls_in_flight: int) -> None:
         """Let `calls_in_flight` calls be in flight at once in the pools opened from now on.
 
