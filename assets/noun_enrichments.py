@@ -9,7 +9,7 @@ from gemantria_dag.enrichment.config import EnrichmentConfig
 from gemantria_dag.enrichment.partitions import letter_partitions
 from gemantria_dag.names import CONTROL_PLANE_IO_MANAGER, ENGINE, LM_STUDIO, NOUN_ENRICHMENTS, REMOTE
 from gemantria_dag.settings import get_settings
-from resources.io_managers.factory import enrichment_cache_for, persist_batch
+from resources.io_managers.factory import store_for
 from resources.llm.engine import EmbeddedEngineResource
 from resources.llm.lm_studio import LMStudioResource
 from resources.llm.remote import RemoteLLMResource
@@ -40,15 +40,10 @@ def noun_enrichments(
     context.log.info("routing (%s): %s", config.decided_by, decision.summary())
     steps.tag_run(context, decision)
 
-    cache = enrichment_cache_for(settings, context.instance)
-    plan = steps.plan_work(noun_gematria, context.partition_keys, config, decision, cache)
+    store = store_for(settings, context.instance)
+    plan = steps.plan_work(noun_gematria, context.partition_keys, config, decision, store)
     context.log.info(plan.summary(decision.model, config.prompt_version))
 
-    runner = steps.make_runner(context, config, decision, plan, backends, settings)
-    batch = steps.run_calls(
-        runner,
-        plan.todo,
-        backends.values(),
-        save=lambda b: persist_batch(b, settings, context.instance, run_id=context.run_id),
-    )
+    runner = steps.make_runner(context, config, decision, plan, backends, settings, store)
+    batch = steps.run_calls(runner, plan.todo, backends.values(), context.log.warning)
     return steps.build_result(batch, plan, runner, config, decision, context.log.error)

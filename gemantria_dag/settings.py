@@ -162,7 +162,7 @@ class Settings(BaseSettings):
     gematria_dsn: SecretStr | None = None
     bible_db: Path | None = None
     gemantria_state_dir: Path = Path(".gemantria")
-    gemantria_project_id: int = Field(1, ge=0)
+    gemantria_project_id: int = Field(1, ge=0, le=2**63 - 1)  # control.agent_run.project_id is a bigint
 
     @field_validator("lm_studio_base_url")
     @classmethod
@@ -241,6 +241,16 @@ class Settings(BaseSettings):
     def spool_dir(self) -> Path:
         """The control-plane spool: `state_dir/spool`."""
         return self.state_dir / "spool"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Rows the database rejected for a reason of their own: `state_dir/quarantine`."""
+        return self.state_dir / "quarantine"
+
+    @property
+    def journal_dir(self) -> Path:
+        """The runs' write-ahead journals of LLM calls: `state_dir/journal`."""
+        return self.state_dir / "journal"
 
     @property
     def engine_dir(self) -> Path:

@@ -238,7 +238,7 @@ def test_injection_attempts_are_stored_as_data(writer: ControlPlaneWriter, contr
         stored = conn.execute(
             "SELECT strong_id, model, insight_json->>'insight', violation FROM gematria.noun_enrichment"
         ).fetchone()
-        catalog = conn.execute("SELECT backend, model_id FROM control.tool_catalog").fetchall()
+        catalog = conn.execute("SELECT backend, model_id FROM gematria.tool_catalog").fetchall()
     assert args["strong_id"] == nasty_id and args["model"] == nasty_model
     assert violations == [{"prompt": "'; TRUNCATE control.agent_run; --", "raw": clean}]
     assert stored == (nasty_id, nasty_model, clean, clean)
@@ -257,7 +257,7 @@ def test_tool_catalog_tracks_first_and_last_seen(writer: ControlPlaneWriter, con
         rows = {
             (b, m): (f, last)
             for b, m, f, last in conn.execute(
-                "SELECT backend, model_id, first_seen, last_seen FROM control.tool_catalog"
+                "SELECT backend, model_id, first_seen, last_seen FROM gematria.tool_catalog"
             )
         }
     assert set(rows) == {
@@ -329,15 +329,41 @@ def test_unreachable_database_spools_everything(tmp_path: Path) -> None:
     assert all(r.session_id is not None for b in spool.iter_batches() for r in b.records)
 
 
-def test_non_connection_error_spools_the_rest_and_raises(writer: ControlPlaneWriter, control_plane_dsn: str) -> None:
+def test_a_row_the_database_rejects_is_quarantined_and_the_others_written(
+    writer: ControlPlaneWriter, control_plane_dsn: str
+) -> None:
     batch = make_batch(9)  # three transactions of three
-    batch.records[4].project_id = 2**70  # out of bigint range: the second transaction fails
-    with pytest.raises(psycopg.errors.NumericValueOutOfRange):
-        writer.write(batch, session_id=uuid4())
-    # Kept, not lost: the failed batch and the one after it (a bad row needs a human, not a retry).
-    assert writer.spool is not None and writer.spool.summary().records == 6
+    batch.records[4].project_id = 2**70  # out of bigint range: a row-level error (SQLSTATE 22003)
+    report = writer.write(batch, session_id=uuid4())
+    assert (report.records_written, report.quarantined, report.spooled) == (8, 1, False)
+    assert report.enrichments_written == 9  # the rejected record's outcome is a row of another table: written
+    assert writer.quarantine is not None
+    (row,) = writer.quarantine.rows()
+    assert row.table == "control.agent_run" and row.key == str(batch.records[4].id) and row.sqlstate == "22003"
+    assert "NumericValueOutOfRange" in row.reason
+    assert writer.quarantine.summary().rows == 1
     with psycopg.connect(control_plane_dsn) as conn:
-        assert conn.execute("SELECT count(*) FROM control.agent_run").fetchone() == (3,)
+        assert conn.execute("SELECT count(*) FROM control.agent_run").fetchone() == (8,)
+    # The same batch again (a replay): the rejected row is filed once, the others are already present.
+    again = writer.write(batch, session_id=uuid4())
+    assert (again.records_already_present, again.quarantined) == (8, 1) and len(writer.quarantine.rows()) == 1
+
+
+def test_schema_error_spools_the_rest_and_raises_then_replays_once_fixed(
+    writer: ControlPlaneWriter, control_plane_dsn: str
+) -> None:
+    writer.connect().close()
+    with psycopg.connect(control_plane_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE control.agent_run RENAME COLUMN violations_json TO violations")
+    with pytest.raises(psycopg.errors.UndefinedColumn):
+        writer.write(make_batch(6), session_id=uuid4())
+    # Kept, not quarantined: every row fails until an operator fixes the table.
+    assert writer.spool is not None and writer.spool.summary().records == 6
+    assert writer.quarantine is not None and writer.quarantine.rows() == []
+    with psycopg.connect(control_plane_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE control.agent_run RENAME COLUMN violations TO violations_json")
+    replay = writer.spool.replay(writer)
+    assert (replay.records_written, replay.files_left) == (6, 0)
 
 
 def test_session_id_kept_when_the_record_has_one(writer: ControlPlaneWriter, control_plane_dsn: str) -> None:

@@ -19,15 +19,13 @@ from dagster import (
 
 from gemantria_dag.control_plane.records import EnrichmentBatch, NounEnrichment
 from gemantria_dag.control_plane.spool import Spool
+from gemantria_dag.control_plane.store import LocalStore, PostgresStore
 from gemantria_dag.settings import get_settings, reset_settings_cache
 from resources.io_managers import (
     ControlPlaneIOManager,
     ControlPlaneIOManagerFactory,
     NoOpControlPlaneIOManager,
-    PostgresEnrichmentCache,
-    SqliteEnrichmentCache,
-    enrichment_cache_for,
-    persist_batch,
+    store_for,
 )
 from tests.fixtures.processes import free_port
 from tests.test_control_plane_writer import make_batch, make_outcome, make_record
@@ -106,7 +104,7 @@ def test_factory_decides_from_settings_alone(
 ) -> None:
     context = build_init_resource_context(instance=instance)
     assert isinstance(ControlPlaneIOManagerFactory().create_io_manager(context), ControlPlaneIOManager)
-    assert isinstance(enrichment_cache_for(get_settings(), instance), PostgresEnrichmentCache)
+    assert isinstance(store_for(get_settings(), instance), PostgresStore)
     # An unreachable DSN is still "on": no network at resource init, the write spools instead.
     monkeypatch.setenv("GEMATRIA_DSN", f"postgresql://u:{PASSWORD}@127.0.0.1:{free_port()}/db")
     reset_settings_cache()
@@ -114,7 +112,7 @@ def test_factory_decides_from_settings_alone(
     monkeypatch.setenv("GEMATRIA_DSN", "off")
     reset_settings_cache()
     assert isinstance(ControlPlaneIOManagerFactory().create_io_manager(context), NoOpControlPlaneIOManager)
-    assert isinstance(enrichment_cache_for(get_settings(), instance), SqliteEnrichmentCache)
+    assert isinstance(store_for(get_settings(), instance), LocalStore)
 
 
 def test_db_off_run_skips_logging_says_so_once_and_keeps_outcomes(instance: DagsterInstance) -> None:
@@ -128,7 +126,7 @@ def test_db_off_run_skips_logging_says_so_once_and_keeps_outcomes(instance: Dags
     assert result.output_for_node("loaded") == _expected_loaded()
 
     # A later run can reuse them: successes and violations (the asset decides what to retry).
-    cache = enrichment_cache_for(get_settings(), instance)
+    cache = store_for(get_settings(), instance)
     batch = produced["enrichments"]
     ids = [o.strong_id for o in batch.enrichments]
     found = cache.lookup([*ids, "H999"], "qwen2.5-7b", "v1", "p0")
@@ -155,7 +153,7 @@ def test_db_on_run_writes_agent_run_and_loads_back(control_plane_dsn: str, insta
     assert {r[1] for r in rows} == {UUID(result.run_id)}
     assert result.output_for_node("loaded") == _expected_loaded()  # read back from gematria.noun_enrichment
 
-    cache = enrichment_cache_for(get_settings(), instance)
+    cache = store_for(get_settings(), instance)
     batch = produced["more_enrichments"]
     found = cache.lookup([o.strong_id for o in batch.enrichments], "qwen2.5-7b", "v1", "p0")
     assert found == {o.strong_id: o for o in batch.enrichments} and len(found) == 5
@@ -245,23 +243,23 @@ def test_one_run_for_two_partitions_files_each_outcome_under_its_partition(insta
     assert span_seen[-1] == ["H99", "H10", "H11"]  # only ב's own outcomes, plus the unattributed one
 
 
-def test_persist_batch_outside_an_io_manager(
+def test_store_saves_a_batch_outside_an_io_manager(
     control_plane_dsn: str, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     batch = make_batch(3)
-    where = persist_batch(batch, get_settings(), instance, run_id="not-a-uuid")
-    assert where.startswith("control.agent_run")
+    report = store_for(get_settings(), instance).save_batch(batch, session_id=None)
+    assert (report.records_written, report.spooled) == (3, False)
     with psycopg.connect(control_plane_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM control.agent_run").fetchone() == (3,)
 
     monkeypatch.setenv("GEMATRIA_DSN", f"postgresql://u:{PASSWORD}@127.0.0.1:{free_port()}/db")
     reset_settings_cache()
-    where = persist_batch(make_batch(2), get_settings(), instance, run_id="r")
-    assert "spool" in where and PASSWORD not in where
+    report = store_for(get_settings(), instance).save_batch(make_batch(2), session_id=None)
+    assert report.spooled and PASSWORD not in (report.spool_reason or "")
     assert Spool(get_settings().spool_dir).summary().records == 2
 
     monkeypatch.setenv("GEMATRIA_DSN", "off")
     reset_settings_cache()
-    where = persist_batch(batch, get_settings(), instance, run_id="r")
-    assert "GEMATRIA_DSN=off" in where
-    assert len(enrichment_cache_for(get_settings(), instance).lookup(["H0", "H1", "H2"], "qwen2.5-7b", "v1", "p0")) == 3
+    store = store_for(get_settings(), instance)
+    assert store.save_batch(batch, session_id=None).enrichments_written == 3
+    assert len(store.lookup(["H0", "H1", "H2"], "qwen2.5-7b", "v1", "p0")) == 3

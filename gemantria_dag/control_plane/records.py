@@ -193,6 +193,10 @@ class EnrichmentBatch(BaseModel):
     enrichments: list[NounEnrichment] = Field(default_factory=list)
     reused: list[NounEnrichment] = Field(default_factory=list)
     records: list[AgentRunRecord] = Field(default_factory=list)
+    # True when the run's journal already made every record and outcome durable (written as the calls arrived,
+    # or spooled): the IO manager then writes nothing again. `stored` holds what it did (JournalReport's counts).
+    durable: bool = False
+    stored: dict[str, Any] | None = None
 
     @property
     def all_enrichments(self) -> list[NounEnrichment]:

@@ -24,6 +24,7 @@ import psycopg
 from pydantic import BaseModel, Field, ValidationError
 
 from gemantria_dag.control_plane.records import AgentRunRecord, NounEnrichment
+from gemantria_dag.db.errors import error_kind
 
 if TYPE_CHECKING:
     from gemantria_dag.control_plane.writer import ControlPlaneWriter
@@ -62,6 +63,7 @@ class ReplayReport(BaseModel):
     records_written: int = 0
     records_already_present: int = 0
     enrichments_written: int = 0
+    quarantined: int = 0  # rows the database rejected for a reason of their own (see quarantine.py)
     error: str | None = None
 
 
@@ -179,13 +181,12 @@ class Spool:
                         continue
                     try:
                         counts = writer.persist(conn, batch.records, batch.enrichments)
-                    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                        # The connection is gone: this file (commit outcome unknown) and the rest stay.
-                        report.error = writer.describe_error(exc)
-                        break
                     except psycopg.Error as exc:
-                        # Rolled back on a live connection: keep the file, say why, try the others.
                         report.error = writer.describe_error(exc)
+                        if error_kind(exc) == "transient":
+                            break  # the connection or the server: this file (commit outcome unknown) and the rest stay
+                        # A table or a privilege to fix (rows at fault were quarantined by persist, not raised):
+                        # keep the file, say why, try the others.
                         continue
                     path.unlink()
                     _fsync_dir(self.folder)
@@ -193,5 +194,6 @@ class Spool:
                 report.records_written += counts.records_written
                 report.records_already_present += counts.records_already_present
                 report.enrichments_written += counts.enrichments_written
+                report.quarantined += counts.quarantined
         report.files_left = len(self.pending())
         return report

@@ -20,9 +20,12 @@ from uuid import UUID
 import psycopg
 from pydantic import BaseModel
 
+from gemantria_dag.control_plane.outcome_rule import newer_sql
+from gemantria_dag.control_plane.quarantine import Quarantine, QuarantinedRow, QuarantineTable
 from gemantria_dag.control_plane.records import AgentRunRecord, EnrichmentBatch, NounEnrichment
 from gemantria_dag.control_plane.spool import PendingBatch, Spool
-from gemantria_dag.db.schema import ensure_schema
+from gemantria_dag.db.errors import error_kind
+from gemantria_dag.db.schema import AgentRunShape, ensure_schema, inspect_agent_run
 from gemantria_dag.db.target import DatabaseTarget, scrub_error
 
 DEFAULT_BATCH_SIZE = 2_000
@@ -45,7 +48,7 @@ ON CONFLICT (id) DO NOTHING
 # Models seen, as asked for and as substituted by the server; ordered so that two concurrent
 # writers lock catalog rows in the same order (no deadlock).
 _UPSERT_CATALOG = """
-INSERT INTO control.tool_catalog AS c (backend, model_id, first_seen, last_seen)
+INSERT INTO gematria.tool_catalog AS c (backend, model_id, first_seen, last_seen)
 SELECT tool, model_id, min(created_at), max(created_at) FROM (
     SELECT tool, args_json->>'model' AS model_id, created_at FROM _agent_run_stage
     UNION ALL
@@ -68,8 +71,7 @@ _COPY_OUTCOMES = (
     "COPY _noun_enrichment_stage (strong_id, model, prompt_version, params_hash, backend, ok, insight_json,"
     " violation, record_id, created_at) FROM STDIN"
 )
-# Newest outcome wins, except that a success is never replaced by a later failure; a replay of
-# the same outcome (same created_at) changes nothing. DISTINCT ON: one row per key per batch.
+# The outcome rule (outcome_rule.py). DISTINCT ON: one row per key per batch.
 _UPSERT_OUTCOMES = """
 INSERT INTO gematria.noun_enrichment AS e
     (strong_id, model, prompt_version, params_hash, backend, ok, insight_json, violation, record_id, created_at)
@@ -80,8 +82,7 @@ ORDER BY strong_id, model, prompt_version, params_hash, created_at DESC
 ON CONFLICT (strong_id, model, prompt_version, params_hash) DO UPDATE
 SET backend = EXCLUDED.backend, ok = EXCLUDED.ok, insight_json = EXCLUDED.insight_json,
     violation = EXCLUDED.violation, record_id = EXCLUDED.record_id, created_at = EXCLUDED.created_at
-WHERE e.created_at < EXCLUDED.created_at AND (EXCLUDED.ok OR NOT e.ok)
-"""
+WHERE """ + newer_sql("e")
 
 
 class BatchCounts(BaseModel):
@@ -90,6 +91,7 @@ class BatchCounts(BaseModel):
     records_written: int = 0
     records_already_present: int = 0
     enrichments_written: int = 0
+    quarantined: int = 0
 
 
 class WriteReport(BaseModel):
@@ -98,6 +100,7 @@ class WriteReport(BaseModel):
     records_written: int = 0
     records_already_present: int = 0
     enrichments_written: int = 0
+    quarantined: int = 0
     records_spooled: int = 0
     enrichments_spooled: int = 0
     batches_committed: int = 0
@@ -124,12 +127,13 @@ def _json(value: str) -> str:
     return _JSON_NUL.sub(r"\1\\ufffd", value) if "\\u0000" in value else value
 
 
-def _run_row(record: AgentRunRecord, session_id: UUID | None) -> tuple[object, ...]:
+def _run_row(record: AgentRunRecord, session_id: UUID | None, *, session_ids: bool = True) -> tuple[object, ...]:
+    """The row for `record`; `session_ids` False: `session_id` null (it references another table)."""
     violations = json.dumps(record.violations, default=str, ensure_ascii=False) if record.violations else "[]"
     return (
         record.id,
         record.project_id,
-        record.session_id if record.session_id is not None else session_id,
+        (record.session_id if record.session_id is not None else session_id) if session_ids else None,
         _text(record.tool),
         _json(record.args.model_dump_json()),
         _json(record.result.model_dump_json()),
@@ -176,11 +180,19 @@ class ControlPlaneWriter:
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         after_commit: Callable[[int], None] | None = None,
+        quarantine: Quarantine | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.target = target
         self.spool = spool
+        # Beside the spool (Settings.quarantine_dir): rows the database rejects for a reason of their own.
+        self.quarantine = (
+            quarantine
+            if quarantine is not None
+            else (Quarantine(spool.folder.with_name("quarantine")) if spool is not None else None)
+        )
+        self.shape: AgentRunShape | None = None
         self.batch_size = batch_size
         # Called with the batch index after each commit: progress, and the seam the kill test uses.
         self._after_commit = after_commit
@@ -192,6 +204,7 @@ class ControlPlaneWriter:
         if not self._schema_ready:
             try:
                 ensure_schema(conn)
+                self.shape = inspect_agent_run(conn)
             except BaseException:
                 conn.close()
                 raise
@@ -213,19 +226,99 @@ class ControlPlaneWriter:
     ) -> BatchCounts:
         """Write one batch in one transaction; raises psycopg errors (the transaction then rolled back).
 
-        `session_id` fills records that have none (the Dagster run id).
+        `session_id` fills records that have none (the Dagster run id), unless the table's `session_id`
+        references another table (then it stays null: the run id is in `args_json`). When PostgreSQL rejects
+        the batch for a row-level reason (`gemantria_dag.db.errors`), the batch is split until the rows at fault
+        are found: the others are written, those are quarantined (`BatchCounts.quarantined`). Transient and
+        schema-level errors are raised.
         """
+        try:
+            with conn.transaction():
+                return self._write_rows(conn, records, enrichments, session_id)
+        except psycopg.Error as exc:
+            if error_kind(exc) != "row":
+                raise
         counts = BatchCounts()
-        with conn.transaction(), conn.cursor() as cur:
+        with conn.transaction():
+            self._isolate(conn, "control.agent_run", list(records), session_id, counts)
+            self._isolate(conn, "gematria.noun_enrichment", list(enrichments), session_id, counts)
+        return counts
+
+    def _isolate(
+        self,
+        conn: psycopg.Connection,
+        table: QuarantineTable,
+        rows: list[AgentRunRecord] | list[NounEnrichment],
+        session_id: UUID | None,
+        counts: BatchCounts,
+    ) -> None:
+        """Write `rows` in a savepoint; on a row-level error split them in halves, down to the single rows
+        at fault, which are quarantined: about 2 log2(n) statements for each bad row among n."""
+        if not rows:
+            return
+        try:
+            with conn.transaction():  # a savepoint inside persist's transaction
+                if table == "control.agent_run":
+                    done = self._write_rows(conn, rows, [], session_id)  # type: ignore[arg-type]
+                else:
+                    done = self._write_rows(conn, [], rows, session_id)  # type: ignore[arg-type]
+            counts.records_written += done.records_written
+            counts.records_already_present += done.records_already_present
+            counts.enrichments_written += done.enrichments_written
+            return
+        except psycopg.Error as exc:
+            if error_kind(exc) != "row":
+                raise
+            if len(rows) == 1:
+                self._quarantine(table, rows[0], exc, session_id)
+                counts.quarantined += 1
+                return
+        half = len(rows) // 2
+        self._isolate(conn, table, rows[:half], session_id, counts)  # type: ignore[arg-type]
+        self._isolate(conn, table, rows[half:], session_id, counts)  # type: ignore[arg-type]
+
+    def _quarantine(
+        self, table: QuarantineTable, row: AgentRunRecord | NounEnrichment, exc: psycopg.Error, session_id: UUID | None
+    ) -> None:
+        if self.quarantine is None:
+            raise RuntimeError(f"PostgreSQL rejected a row of {table} and no quarantine is configured: {exc}")
+        if isinstance(row, AgentRunRecord):
+            key = str(row.id)
+            if row.session_id is None and session_id is not None:
+                row = row.model_copy(update={"session_id": session_id})
+        else:
+            key = f"{row.strong_id}|{row.model}|{row.prompt_version}|{row.params_hash}"
+        self.quarantine.add(
+            QuarantinedRow(
+                table=table,
+                key=key,
+                reason=self.describe_error(exc),
+                sqlstate=exc.sqlstate,
+                row_json=row.model_dump_json(),
+            )
+        )
+
+    def _write_rows(
+        self,
+        conn: psycopg.Connection,
+        records: Sequence[AgentRunRecord],
+        enrichments: Sequence[NounEnrichment],
+        session_id: UUID | None,
+    ) -> BatchCounts:
+        """COPY into staging tables, then insert; in the caller's transaction (or savepoint)."""
+        counts = BatchCounts()
+        session_ids = self.shape is None or self.shape.session_id_is_ours
+        with conn.cursor() as cur:
             if records:
                 cur.execute(_STAGE_RUNS)
                 with cur.copy(_COPY_RUNS) as copy:
                     for record in records:
-                        copy.write_row(_run_row(record, session_id))
+                        copy.write_row(_run_row(record, session_id, session_ids=session_ids))
                 cur.execute(_INSERT_RUNS)
                 counts.records_written = cur.rowcount
                 counts.records_already_present = len(records) - cur.rowcount
                 cur.execute(_UPSERT_CATALOG)
+                cur.execute("DROP TABLE _agent_run_stage")  # a savepoint of the same transaction stages again
             if enrichments:
                 cur.execute(_STAGE_OUTCOMES)
                 with cur.copy(_COPY_OUTCOMES) as copy:
@@ -233,6 +326,7 @@ class ControlPlaneWriter:
                         copy.write_row(_outcome_row(outcome))
                 cur.execute(_UPSERT_OUTCOMES)
                 counts.enrichments_written = cur.rowcount
+                cur.execute("DROP TABLE _noun_enrichment_stage")
         return counts
 
     def write(self, batch: EnrichmentBatch, *, session_id: UUID | None = None) -> WriteReport:
@@ -265,14 +359,14 @@ class ControlPlaneWriter:
                     report.records_written += counts.records_written
                     report.records_already_present += counts.records_already_present
                     report.enrichments_written += counts.enrichments_written
+                    report.quarantined += counts.quarantined
                     if self._after_commit is not None:
                         self._after_commit(index)
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        except psycopg.Error as exc:
             # The batch in flight may or may not have committed: spool it too, its ids make the replay safe.
             self._spool_rest(chunks, committed, session_id, self.describe_error(exc), report)
-        except psycopg.Error as exc:
-            self._spool_rest(chunks, committed, session_id, self.describe_error(exc), report)
-            raise
+            if error_kind(exc) != "transient":
+                raise  # the database must be changed (a table, a privilege): written again, it fails the same way
         finally:
             report.seconds = time.perf_counter() - started
         return report

@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+from gemantria_dag.control_plane.journal import Journal
 from gemantria_dag.control_plane.records import (
     AgentRunRecord,
     CallArgs,
     CallResult,
     EnrichmentBatch,
     NounEnrichment,
+    new_record_id,
 )
 from gemantria_dag.cost.budget import Budget, BudgetExhausted, Hold
 from gemantria_dag.cost.prices import ModelPrice, call_cost, estimated_prompt_tokens
@@ -155,8 +157,12 @@ class EnrichmentRunner:
         progress_interval_s: float = 5.0,
         ramp_up_s: float = 0.0,
         budget: Budget | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.router = router
+        # Every request is noted before it is sent and every answer as it arrives (journal.py): a run that dies
+        # loses nothing it was answered, and its next run pays again only for the calls that were in flight.
+        self.journal = journal
         self.info = info
         self.log = log
         self.progress_interval_s = progress_interval_s
@@ -179,11 +185,15 @@ class EnrichmentRunner:
 
     async def _call(
         self, noun: dict[str, Any], messages: list[dict[str, str]], purpose: str
-    ) -> tuple[Attempt | None, list[AgentRunRecord]]:
-        """One request (its attempts on one or two routes), recorded; raises BudgetExhausted, without calling,
-        when the budget cannot cover the request's worst case."""
+    ) -> tuple[Attempt | None, list[AgentRunRecord], UUID]:
+        """One request (its attempts on one or two routes), recorded, and its journal id (the caller says when its
+        records are final: `_done`); raises BudgetExhausted, without calling, when the budget cannot cover the
+        request's worst case."""
         prompt_length = sum(len(m["content"]) for m in messages)
         hold = await self._hold(prompt_length, len(messages)) if self.budget.limited else None
+        request_id = new_record_id()
+        if self.journal is not None:
+            self.journal.intent(request_id, noun["strong_id"], noun.get("partition"), purpose, prompt_length)
         try:
             attempts = await self.router.complete(
                 messages=messages,
@@ -192,13 +202,23 @@ class EnrichmentRunner:
                 response_format=self.info.response_format,
             )
             records = [_record(self.info, noun, a, prompt_length, purpose, [], self._session_id) for a in attempts]
+        except AllBackendsDown:
+            if hold is not None:
+                self.budget.release(hold)
+            self._done(request_id, [])  # raised before any route was tried: nothing was sent
+            raise
         except BaseException:
+            # Cancelled in flight: the server may have answered; the journal's close records it as worker_died.
             if hold is not None:
                 self.budget.release(hold)  # never left held: calls waiting for room would wait forever
             raise
         if hold is not None:
             self.budget.settle(hold, (r.result for r in records))
-        return (attempts[-1] if attempts else None), records
+        return (attempts[-1] if attempts else None), records, request_id
+
+    def _done(self, request_id: UUID, records: list[AgentRunRecord]) -> None:
+        if self.journal is not None:
+            self.journal.done(request_id, records)
 
     async def _hold(self, prompt_length: int, messages: int) -> Hold:
         """Hold this request's worst case against the budget: estimated prompt + max_tokens, dearest route."""
@@ -214,14 +234,15 @@ class EnrichmentRunner:
         `failed_nouns` when its last call failed for a transient reason (the next run calls again).
         """
         messages = build_messages(noun)
-        final, records = await self._call(noun, messages, "enrich")
+        final, records, request_id = await self._call(noun, messages, "enrich")
         insight, problem = None, None
         if final is not None and final.result.ok:
             insight, problem = parse_insight(final.result.response)
             if problem:
                 records[-1].violations.append({"code": "schema_violation", "message": problem})
+                self._done(request_id, records)
                 try:
-                    final, more = await self._call(
+                    final, more, request_id = await self._call(
                         noun, repair_messages(messages, final.result.response or "", problem), "repair"
                     )
                 except (AllBackendsDown, BudgetExhausted):
@@ -234,6 +255,11 @@ class EnrichmentRunner:
                     insight, problem = parse_insight(final.result.response)
                     if problem:
                         more[-1].violations.append({"code": "schema_violation", "message": problem})
+                self._done(request_id, more)
+            else:
+                self._done(request_id, records)
+        else:
+            self._done(request_id, records)
         failure = None if final is None else final.result.error
         kind = "ok" if insight is not None else "violation"
         if failure is not None and failure.code == ErrorCode.TRUNCATED and not failure.is_retryable:
@@ -244,19 +270,20 @@ class EnrichmentRunner:
             self.tally[failure.code.value if failure is not None else "no_backend"] += 1
             return
         self.batch.records.extend(records)
-        self.batch.enrichments.append(
-            NounEnrichment(
-                strong_id=noun["strong_id"],
-                model=final.route.model or "",
-                prompt_version=self.info.prompt_version,
-                params_hash=self.info.params_hash,
-                backend=final.route.name,
-                ok=insight is not None,
-                insight=insight,
-                violation=problem,
-                record_id=records[-1].id,
-            )
+        outcome = NounEnrichment(
+            strong_id=noun["strong_id"],
+            model=final.route.model or "",
+            prompt_version=self.info.prompt_version,
+            params_hash=self.info.params_hash,
+            backend=final.route.name,
+            ok=insight is not None,
+            insight=insight,
+            violation=problem,
+            record_id=records[-1].id,
         )
+        self.batch.enrichments.append(outcome)
+        if self.journal is not None:
+            self.journal.outcome(outcome)
         self.tally[kind] += 1
 
     async def run(self, nouns: list[dict[str, Any]]) -> EnrichmentBatch:

@@ -20,7 +20,9 @@ from dagster import (
     MetadataValue,
 )
 
+from gemantria_dag.control_plane.journal import JournalHeader
 from gemantria_dag.control_plane.records import EnrichmentBatch, NounEnrichment
+from gemantria_dag.control_plane.store import OutcomeStore, StoreRejects
 from gemantria_dag.cost.budget import Budget
 from gemantria_dag.cost.daily import daily_remote_budget
 from gemantria_dag.cost.prices import ModelPrice, price_for
@@ -68,16 +70,6 @@ class Backend(HealthCheck, Completer, Protocol):
 
     async def aclose(self) -> None:
         """Close the backend's HTTP pools (after the run's calls)."""
-        ...
-
-
-class OutcomeCache(Protocol):
-    """Outcomes already stored, by Strong's id (resources/io_managers/cache.py)."""
-
-    def lookup(
-        self, strong_ids: Iterable[str], model: str, prompt_version: str, params_hash: str
-    ) -> dict[str, NounEnrichment]:
-        """The stored outcome of each of `strong_ids` that has one under (model, prompt version, params hash)."""
         ...
 
 
@@ -137,10 +129,13 @@ def plan_work(
     partitions: list[str],
     config: EnrichmentConfig,
     decision: RoutingDecision,
-    cache: OutcomeCache,
+    cache: OutcomeStore,
 ) -> WorkPlan:
     """The nouns of `partitions` (at most `config.limit`), minus those with a stored outcome for the
-    decision's model, the prompt version and the parameters (violations too, unless `retry_violations`)."""
+    decision's model, the prompt version and the parameters (violations too, unless `retry_violations`).
+
+    The store's first look-up recovers the journals of runs that died (their answers count as stored), so a
+    run resumed after a crash calls only for the nouns whose answer never became durable."""
     nouns = nouns_for_partitions(noun_gematria, partitions)
     in_scope = len(nouns)
     if config.limit is not None:
@@ -189,11 +184,14 @@ def make_runner(
     plan: WorkPlan,
     backends: Mapping[str, Backend],
     settings: Settings,
+    store: OutcomeStore,
 ) -> EnrichmentRunner:
-    """The runner of this run's calls, on the decision's routes with the run's concurrency, its prices and budget.
+    """The runner of this run's calls, on the decision's routes with the run's concurrency, its prices and budget,
+    journaling every call into `store` as it goes (run_calls closes the journal).
 
     Raises dagster.Failure, before any call, when `max_cost_usd` is set and a remote route of the run has no
-    price (the budget could not be kept).
+    price (the budget could not be kept), or when the database would reject every row of the run (the store's
+    preflight names the value and the fix).
     """
     # The routes build_router makes of the decision, priced (and the budget refused) before any pool is touched.
     routes = [(decision.backend, decision.model)]
@@ -223,24 +221,75 @@ def make_runner(
         price_by_route=price_by_route,
         remote_price=remote_price,
     )
+    tools = info.tool_by_route
+    try:
+        store.preflight(
+            settings.gemantria_project_id,
+            {tools[name] for name, _ in routes},
+            {"|".join((m or "", config.prompt_version, plan.params_hash, "H0000")) for _, m in routes},
+        )
+    except StoreRejects as exc:
+        raise Failure(description=f"the control plane would reject this run's rows: {exc}") from None
     daily = daily_remote_budget(settings) if REMOTE in (decision.backend, decision.fallback) else None
     if daily is not None and daily.unknown_because:
         context.log.warning(f"REMOTE_LLM_DAILY_BUDGET_USD cannot be checked: {daily.unknown_because}")
     budget = Budget(config.max_cost_usd, config.max_total_tokens, daily.left_usd if daily is not None else None)
-    return EnrichmentRunner(
-        router, info, context.log.info, config.progress_interval_seconds, config.ramp_up_seconds, budget
+    header = JournalHeader(
+        project_id=info.project_id,
+        run_id=info.run_id,
+        asset_key=info.asset_key,
+        routed_backend=decision.backend,
+        tool=tools[decision.backend],
+        model=decision.model,
+        prompt_version=config.prompt_version,
+        temperature=config.temperature,
+        max_tokens=config.max_tokens,
     )
+    return EnrichmentRunner(
+        router,
+        info,
+        context.log.info,
+        config.progress_interval_seconds,
+        config.ramp_up_seconds,
+        budget,
+        journal=store.journal(header),
+    )
+
+
+def close_journal(runner: EnrichmentRunner, log_warning: Callable[[str], None]) -> str:
+    """Close the run's journal (its last group commit; what the store cannot take goes to the spool); mark the
+    batch durable when everything is; return where the rows went (safe to print)."""
+    if runner.journal is None:
+        return "nowhere (no journal)"
+    report = runner.journal.close()
+    runner.batch.durable = report.durable
+    runner.batch.stored = {
+        "records_written": report.records_written,
+        "outcomes_written": report.outcomes_written,
+        "records_spooled": report.records_spooled,
+        "outcomes_spooled": report.outcomes_spooled,
+        "spool_reason": report.spool_reason,
+        "seconds": report.commit_seconds,
+        "commits": report.commits,
+        "unknown_outcomes": report.unknown_outcomes,
+    }
+    if report.errors:
+        log_warning(f"the run's journal could not be emptied: {'; '.join(report.errors)}; the next run replays it")
+        return str(runner.journal.path)
+    if report.spooled_to:
+        return f"the spool {report.spooled_to} ({report.spool_reason})"
+    return "the control plane"
 
 
 def run_calls(
     runner: EnrichmentRunner,
     todo: list[dict[str, Any]],
     backends: Iterable[Backend],
-    save: Callable[[EnrichmentBatch], str],
+    log_warning: Callable[[str], None],
 ) -> EnrichmentBatch:
-    """Make the calls; on an outage of every backend or when the run's budget is spent, `save` what was done
-    and raise dagster.Failure (Dagster hands a failed step's value to no IO manager, so the calls made would
-    be lost otherwise). A re-run reuses the saved outcomes: it calls only for the nouns left."""
+    """Make the calls (each durable as it arrives, through the runner's journal), then close the journal. On an
+    outage of every backend or when the run's budget is spent, raise dagster.Failure naming where the calls
+    made went. A re-run reuses the stored outcomes: it calls only for the nouns left."""
 
     async def go() -> None:
         # Returns nothing: asyncio.run would build a repr of a large result on some signal set-ups.
@@ -252,13 +301,16 @@ def run_calls(
     try:
         asyncio.run(go())
     except (AllBackendsDown, BudgetExhausted) as exc:
-        where = save(runner.batch)
+        where = close_journal(runner, log_warning)
         stop = "the outage" if isinstance(exc, AllBackendsDown) else "the run stopped"
         raise Failure(
             description=f"{exc} ({len(runner.batch.records)} calls and {len(runner.batch.enrichments)} outcomes "
             f"made before {stop} were saved to {where})",
             metadata=run_stats(runner.batch, failed_nouns=len(runner.failed_nouns)),
         ) from None
+    finally:
+        if runner.journal is not None and not runner.batch.durable and runner.batch.stored is None:
+            close_journal(runner, log_warning)  # any other way out: what arrived is stored, the rest recovered
     return runner.batch
 
 

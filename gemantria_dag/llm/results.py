@@ -30,6 +30,9 @@ class ErrorCode(StrEnum):
     TRUNCATED = "truncated"
     # The server is loading its model (llama.cpp's 503 "Loading model", LM Studio's JIT load): wait.
     MODEL_LOADING = "model_loading"
+    # The run's process died while the call was in flight: the server may have answered, and charged, it;
+    # the reply never arrived. Written when its journal is recovered (gemantria_dag/control_plane/journal.py).
+    WORKER_DIED = "worker_died"
 
 
 # Faults of the path or the server that another attempt may not see again.

@@ -2,15 +2,12 @@
 
 - An output manifest per asset (and partition): which outcomes the output holds, so that
   `load_input` can read exactly those back (from Postgres, or from the local store).
-- The local outcome store (SQLite), keyed like `gematria.noun_enrichment`: DB-off runs keep
-  their outcomes there, so a downstream asset can load them and a later run can reuse them.
+The local outcome store of DB-off runs (SQLite) is `gemantria_dag/control_plane/local_store.py`.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -19,8 +16,6 @@ from pydantic import BaseModel
 
 from gemantria_dag.control_plane.records import EnrichmentBatch, NounEnrichment
 from gemantria_dag.settings import Settings
-
-STORE_FILE = "noun_enrichment.sqlite"
 
 
 def storage_root(settings: Settings, instance: DagsterInstance | None) -> Path:
@@ -94,83 +89,6 @@ class ManifestStore:
     def read(self, identifier: Sequence[str]) -> OutputManifest | None:
         path = self._path(identifier)
         return OutputManifest.model_validate_json(path.read_text()) if path.exists() else None
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS noun_enrichment (
-    strong_id TEXT NOT NULL,
-    model TEXT NOT NULL,
-    prompt_version TEXT NOT NULL,
-    params_hash TEXT NOT NULL,
-    ok INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    payload TEXT NOT NULL,
-    PRIMARY KEY (strong_id, model, prompt_version, params_hash)
-)
-"""
-# Same rule as Postgres: the newest outcome wins, but a success is never replaced by a failure.
-_UPSERT = """
-INSERT INTO noun_enrichment (strong_id, model, prompt_version, params_hash, ok, created_at, payload)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (strong_id, model, prompt_version, params_hash) DO UPDATE
-SET ok = excluded.ok, created_at = excluded.created_at, payload = excluded.payload
-WHERE noun_enrichment.created_at < excluded.created_at AND (excluded.ok OR NOT noun_enrichment.ok)
-"""
-_SQLITE_MAX_PARAMS = 900  # under SQLite's oldest default limit of 999 bound parameters
-
-
-class LocalEnrichmentStore:
-    """Outcomes in a SQLite file; safe for concurrent step processes (WAL, busy timeout)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / STORE_FILE
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(self.path, timeout=30)) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(_SCHEMA)
-            with conn:  # one transaction
-                yield conn
-
-    def upsert(self, outcomes: Sequence[NounEnrichment]) -> int:
-        rows = [
-            (
-                o.strong_id,
-                o.model,
-                o.prompt_version,
-                o.params_hash,
-                int(o.ok),
-                o.created_at.timestamp(),
-                o.model_dump_json(),
-            )
-            for o in outcomes
-        ]
-        with self._connect() as conn:
-            before = conn.total_changes
-            conn.executemany(_UPSERT, rows)
-            return conn.total_changes - before
-
-    def lookup(
-        self, strong_ids: Iterable[str], model: str, prompt_version: str, params_hash: str
-    ) -> dict[str, NounEnrichment]:
-        ids = list(dict.fromkeys(strong_ids))
-        found: dict[str, NounEnrichment] = {}
-        if not ids or not self.path.exists():
-            return found
-        with self._connect() as conn:
-            for start in range(0, len(ids), _SQLITE_MAX_PARAMS):
-                part = ids[start : start + _SQLITE_MAX_PARAMS]
-                marks = ",".join("?" * len(part))  # placeholders only; the values stay bound parameters
-                sql = (
-                    "SELECT payload FROM noun_enrichment WHERE model = ? AND prompt_version = ? AND params_hash = ?"
-                    f" AND strong_id IN ({marks})"
-                )
-                for (payload,) in conn.execute(sql, (model, prompt_version, params_hash, *part)):
-                    outcome = NounEnrichment.model_validate_json(payload)
-                    found[outcome.strong_id] = outcome
-        return found
 
 
 def _identity_label(identifier: Sequence[str]) -> str:

@@ -36,6 +36,8 @@ def _answer(body: dict) -> str:
 def make_app(latency_s: float, model: str, api_key: str | None) -> web.Application:
     # chat: answered so far; in_flight / max_in_flight: concurrent chat requests now / at most since a reset.
     counters = {"chat": 0, "in_flight": 0, "max_in_flight": 0}
+    # Answers by the Strong's id their prompt names: what a crash test counts as paid (and paid twice).
+    by_noun: dict[str, int] = {}
 
     def authorized(request: web.Request) -> bool:
         return api_key is None or request.headers.get("Authorization") == f"Bearer {api_key}"
@@ -59,6 +61,9 @@ def make_app(latency_s: float, model: str, api_key: str | None) -> web.Applicati
             counters["in_flight"] -= 1
         counters["chat"] += 1
         content = _answer(body)
+        match = _STRONG.search(" ".join(m.get("content", "") for m in body.get("messages", [])))
+        if match:
+            by_noun[match.group(1)] = by_noun.get(match.group(1), 0) + 1
         return web.json_response(
             {
                 "id": f"chatcmpl-{counters['chat']}",
@@ -75,6 +80,9 @@ def make_app(latency_s: float, model: str, api_key: str | None) -> web.Applicati
     async def stats(_: web.Request) -> web.Response:
         return web.json_response(counters)
 
+    async def nouns(_: web.Request) -> web.Response:
+        return web.json_response(by_noun)
+
     async def reset_peak(_: web.Request) -> web.Response:
         counters["max_in_flight"] = counters["in_flight"]
         return web.json_response(counters)
@@ -83,6 +91,7 @@ def make_app(latency_s: float, model: str, api_key: str | None) -> web.Applicati
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/stats/nouns", nouns)
     app.router.add_post("/stats/reset-peak", reset_peak)
     return app
 

@@ -1,0 +1,372 @@
+"""A run's write-ahead journal of LLM calls: every answer durable as it arrives, nothing paid twice after a crash.
+
+Nothing used to be written until the enrichment step ended: a run killed 25 s into a backfill had
+1,665 answered (and paid) calls that were recorded nowhere, and the next run paid for them again
+(issue 15). Now each run process appends to a journal file of its own, in `Settings.journal_dir`:
+
+- an `intent` line before a request is sent (its `request_id`, the noun, the prompt's length);
+- a `done` line with the request's call records when it ends (its `request_id` and records);
+- an `outcome` line when a noun has its outcome.
+
+Each line is one `write(2)` to a file opened with O_APPEND: once written it survives the death of the
+process (SIGKILL, the OOM killer); a group commit every `GROUP_COMMIT_SECONDS` fsyncs the file (so it
+also survives the machine) and moves what arrived into the store (`store.py`: PostgreSQL, or the local
+store when the database is off) in one transaction. When the store cannot take them (the database is
+down) they stay in the journal and are tried again with a growing pause; `close` hands whatever is still
+unwritten to the spool, then removes the journal.
+
+The writer holds an exclusive `flock` on its journal for its whole life. A journal whose lock can be taken
+belongs to a process that died: `recover` replays it, once. Its records and outcomes are written (their
+ids make a second write land once); an intent without its `done` line becomes a call record whose outcome
+is unknown (`error_code` and a violation `worker_died`, with the intent's id as the record id), because
+the server may have answered, and charged, it. So after a crash every call the server answered has one row,
+the calls in flight at the kill have one `worker_died` row each, and the next run reuses every outcome that
+reached the journal: at most the calls in flight are paid twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+from uuid import UUID
+
+from pydantic import BaseModel, ValidationError
+
+from gemantria_dag.control_plane.records import AgentRunRecord, CallArgs, CallResult, NounEnrichment
+from gemantria_dag.llm.results import ErrorCode
+
+# 150 ms: inside issue 15's 100-250 ms window. At C=64 against a 200 ms server that is about 48 calls per
+# transaction, 7 transactions a second: measured at under 1% of the run's wall time (benchmarks/throughput.py
+# reports the journal's share).
+GROUP_COMMIT_SECONDS = 0.15
+# After a failed write to the store, wait this long before the next try, doubling up to the maximum: a down
+# database costs one connection attempt per pause, not one per group commit.
+RETRY_PAUSE_SECONDS = (1.0, 15.0)
+SUFFIX = ".journal"
+
+WORKER_DIED_MESSAGE = (
+    "the run's process died while this call was in flight: the server may have answered (and charged) it, "
+    "but the reply never arrived; the noun is called again by the next run"
+)
+
+
+class JournalHeader(BaseModel):
+    """The first line of a journal: what every unknown-outcome record of the run needs."""
+
+    project_id: int
+    run_id: str | None
+    asset_key: str | None
+    routed_backend: str
+    tool: str
+    model: str | None
+    prompt_version: str | None
+    temperature: float
+    max_tokens: int
+    server: str | None = None
+
+
+class Sink(Protocol):
+    """Where the journal's calls go (the store, `store.py`)."""
+
+    def write(self, records: Sequence[AgentRunRecord], outcomes: Sequence[NounEnrichment]) -> str | None:
+        """Write both in one transaction; None when written, else why not (nothing written, try again later)."""
+        ...
+
+    def spool(self, records: Sequence[AgentRunRecord], outcomes: Sequence[NounEnrichment], reason: str) -> str:
+        """Keep both durably until `write` can take them; return where (safe to print). Raises OSError."""
+        ...
+
+
+@dataclass
+class JournalReport:
+    """What a journal did: rows written by its group commits, rows spooled at its close, and where they went."""
+
+    records_written: int = 0
+    outcomes_written: int = 0
+    records_spooled: int = 0
+    outcomes_spooled: int = 0
+    commits: int = 0
+    commit_seconds: float = 0.0
+    unknown_outcomes: int = 0
+    spool_reason: str | None = None
+    spooled_to: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def durable(self) -> bool:
+        """True when every row went into the store or the spool (the journal was removed)."""
+        return not self.errors
+
+
+def _line(kind: str, body: str) -> bytes:
+    return f'{{"k":"{kind}",{body[1:]}\n'.encode() if body.startswith("{") else b""
+
+
+def _unknown_record(header: JournalHeader, intent: dict[str, object]) -> AgentRunRecord:
+    """The record of a call whose process died in flight (see the module's docstring)."""
+    return AgentRunRecord(
+        id=UUID(str(intent["id"])),
+        project_id=header.project_id,
+        tool=header.tool,
+        args=CallArgs(
+            model=header.model,
+            prompt_length=int(intent.get("prompt_length", 0)),  # type: ignore[arg-type]
+            temperature=header.temperature,
+            max_tokens=header.max_tokens,
+            strong_id=intent.get("strong_id"),  # type: ignore[arg-type]
+            run_id=header.run_id,
+            asset_key=header.asset_key,
+            partition=intent.get("partition"),  # type: ignore[arg-type]
+            routed_backend=header.routed_backend,
+            backend=header.routed_backend,
+            prompt_version=header.prompt_version,
+            purpose=intent.get("purpose", "enrich"),  # type: ignore[arg-type]
+            server=header.server,
+        ),
+        result=CallResult(ok=False, error_code=ErrorCode.WORKER_DIED.value),
+        violations=[{"code": ErrorCode.WORKER_DIED.value, "message": WORKER_DIED_MESSAGE}],
+        created_at=datetime.fromisoformat(str(intent["at"])),
+    )
+
+
+class Journal:
+    """The journal of one run process, and its group-commit thread (see the module's docstring).
+
+    Use: `intent` before each request, `done` when its records are final, `outcome` per noun, then `close`.
+    Calls may come from one event loop; the group commit runs in a thread of its own, so the calls in flight
+    never wait for the database. Raises OSError when the journal cannot be created.
+    """
+
+    def __init__(
+        self, folder: Path, header: JournalHeader, sink: Sink, *, commit_seconds: float = GROUP_COMMIT_SECONDS
+    ) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        self.path = folder / f"{stamp}-{(header.run_id or 'run')[:8]}-{os.getpid()}{SUFFIX}"
+        self.header = header
+        self._sink = sink
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
+        os.write(self._fd, _line("header", header.model_dump_json()))
+        os.fsync(self._fd)
+        self._commit_seconds = commit_seconds
+        self._lock = threading.Lock()
+        self._records: list[AgentRunRecord] = []
+        self._outcomes: list[NounEnrichment] = []
+        self._open_intents: dict[UUID, dict[str, object]] = {}
+        self._unwritten: tuple[list[AgentRunRecord], list[NounEnrichment]] = ([], [])
+        self._retry_at = 0.0
+        self._pause = RETRY_PAUSE_SECONDS[0]
+        self._last_reason: str | None = None
+        self.report = JournalReport()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._commit_loop, name="journal-group-commit", daemon=True)
+        self._thread.start()
+
+    def intent(
+        self, request_id: UUID, strong_id: str | None, partition: str | None, purpose: str, prompt_length: int
+    ) -> None:
+        """Note a request about to be sent (before it is sent)."""
+        intent: dict[str, object] = {
+            "id": str(request_id),
+            "strong_id": strong_id,
+            "partition": partition,
+            "purpose": purpose,
+            "prompt_length": prompt_length,
+            "at": datetime.now(UTC).isoformat(),
+        }
+        os.write(self._fd, _line("intent", json.dumps(intent, ensure_ascii=False)))
+        self._open_intents[request_id] = intent
+
+    def done(self, request_id: UUID, records: Sequence[AgentRunRecord]) -> None:
+        """The request ended with these (final) records; none when nothing was sent."""
+        body = ",".join(r.model_dump_json() for r in records)
+        os.write(self._fd, f'{{"k":"done","id":"{request_id}","records":[{body}]}}\n'.encode())
+        self._open_intents.pop(request_id, None)
+        if records:
+            with self._lock:
+                self._records.extend(records)
+
+    def outcome(self, outcome: NounEnrichment) -> None:
+        """A noun's outcome (after the `done` of its last request)."""
+        os.write(self._fd, _line("outcome", outcome.model_dump_json()))
+        with self._lock:
+            self._outcomes.append(outcome)
+
+    def _commit_loop(self) -> None:
+        while not self._stop.wait(self._commit_seconds):
+            self._commit()
+
+    def _commit(self, *, final: bool = False) -> None:
+        with self._lock:
+            records, self._records = self._records, []
+            outcomes, self._outcomes = self._outcomes, []
+        if not records and not outcomes and not any(self._unwritten):
+            return
+        started = time.perf_counter()
+        os.fsync(self._fd)  # durable on disk before the database may hold them
+        self._unwritten[0].extend(records)
+        self._unwritten[1].extend(outcomes)
+        if not final and time.monotonic() < self._retry_at:
+            return
+        rows, outs = self._unwritten
+        reason = self._sink.write(rows, outs)
+        self.report.commit_seconds += time.perf_counter() - started
+        if reason is None:
+            self.report.records_written += len(rows)
+            self.report.outcomes_written += len(outs)
+            self.report.commits += 1
+            self._unwritten = ([], [])
+            self._pause = RETRY_PAUSE_SECONDS[0]
+            self._retry_at = 0.0
+        else:
+            self._last_reason = reason
+            self._retry_at = time.monotonic() + self._pause
+            self._pause = min(self._pause * 2, RETRY_PAUSE_SECONDS[1])
+
+    def close(self) -> JournalReport:
+        """Stop the group commit, write what is left (calls still open are recorded as `worker_died`: their
+        replies never arrived), spool whatever the store cannot take, and remove the journal.
+
+        Never raises for the store: when even the spool fails, the journal stays for `recover` and
+        `report.errors` says why.
+        """
+        self._stop.set()
+        self._thread.join()
+        if self._open_intents:
+            unknown = [_unknown_record(self.header, i) for i in self._open_intents.values()]
+            self.report.unknown_outcomes += len(unknown)
+            self.done_unknown(unknown)
+        try:
+            self._commit(final=True)
+            rows, outs = self._unwritten
+            if rows or outs:
+                reason = self._last_reason or "the store did not take them"
+                self.report.spooled_to = self._sink.spool(rows, outs, reason)
+                self.report.records_spooled, self.report.outcomes_spooled = len(rows), len(outs)
+                self.report.spool_reason = reason
+                self._unwritten = ([], [])
+            os.unlink(self.path)
+        except Exception as exc:  # noqa: BLE001 - the journal keeps everything; recover() replays it
+            self.report.errors.append(f"{type(exc).__name__}: {exc} (kept in {self.path})")
+        finally:
+            os.close(self._fd)  # releases the lock
+        return self.report
+
+    def done_unknown(self, records: list[AgentRunRecord]) -> None:
+        """Append records of unknown outcome (open intents at close) as if their requests had ended so."""
+        for record in records:
+            self.done(record.id, [record])
+
+
+class RecoveryReport(BaseModel):
+    """What `recover` did: journals of dead processes replayed, their rows, and those whose outcome is unknown."""
+
+    journals: int = 0
+    journals_busy: int = 0
+    records: int = 0
+    outcomes: int = 0
+    unknown_outcomes: int = 0
+    spooled: int = 0
+    errors: list[str] = []
+
+
+@dataclass
+class _Replayed:
+    header: JournalHeader | None = None
+    records: list[AgentRunRecord] = field(default_factory=list)
+    outcomes: list[NounEnrichment] = field(default_factory=list)
+    intents: dict[str, dict[str, object]] = field(default_factory=dict)
+
+
+def _read(path: Path) -> _Replayed:
+    """Parse a journal; a torn last line (the process died inside a write) is skipped."""
+    found = _Replayed()
+    with path.open("rb") as handle:
+        for raw in handle:
+            try:
+                entry = json.loads(raw)
+                kind = entry.pop("k")
+                if kind == "header":
+                    found.header = JournalHeader.model_validate(entry)
+                elif kind == "intent":
+                    found.intents[str(entry["id"])] = entry
+                elif kind == "done":
+                    found.intents.pop(str(entry["id"]), None)
+                    found.records.extend(AgentRunRecord.model_validate_json(json.dumps(r)) for r in entry["records"])
+                elif kind == "outcome":
+                    found.outcomes.append(NounEnrichment.model_validate_json(json.dumps(entry)))
+            except (ValueError, KeyError, ValidationError):
+                continue
+    return found
+
+
+def pending_journals(folder: Path) -> list[Path]:
+    """Journal files in `folder`, oldest first (those of live processes too)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.endswith(SUFFIX))
+
+
+@dataclass
+class _Claimed:
+    path: Path
+    fd: int
+
+
+def _claim(path: Path) -> Iterator[_Claimed]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return
+    try:
+        if os.path.exists(path) and os.stat(path).st_ino == os.fstat(fd).st_ino:
+            yield _Claimed(path, fd)
+    finally:
+        os.close(fd)
+
+
+def recover(folder: Path, sink: Sink) -> RecoveryReport:
+    """Replay the journals in `folder` whose process died (their lock is free), then remove them.
+
+    Rows go to `sink.write`, else to `sink.spool`; a journal is removed only once its rows are durable there.
+    """
+    report = RecoveryReport()
+    for path in pending_journals(folder):
+        claimed_any = False
+        for claimed in _claim(path):
+            claimed_any = True
+            found = _read(claimed.path)
+            records = list(found.records)
+            if found.header is not None:
+                unknown = [_unknown_record(found.header, i) for i in found.intents.values()]
+                records.extend(unknown)
+                report.unknown_outcomes += len(unknown)
+            try:
+                reason = sink.write(records, found.outcomes) if records or found.outcomes else None
+                if reason is not None:
+                    sink.spool(records, found.outcomes, reason)
+                    report.spooled += len(records) + len(found.outcomes)
+                os.unlink(claimed.path)
+            except Exception as exc:  # noqa: BLE001 - the journal stays; the next recovery tries again
+                report.errors.append(f"{claimed.path.name}: {type(exc).__name__}: {exc}")
+                continue
+            report.journals += 1
+            report.records += len(records)
+            report.outcomes += len(found.outcomes)
+        if not claimed_any and path.exists():
+            report.journals_busy += 1
+    return report
