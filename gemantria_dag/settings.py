@@ -248,6 +248,12 @@ class Settings(BaseSettings):
         return self.state_dir / "quarantine"
 
     @property
+    def local_store_dir(self) -> Path:
+        """The DB-off outcome store's folder as the default Dagster instance has it:
+        `dagster_home/storage/control_plane` (inside a run, the IO managers ask the instance for it)."""
+        return self.dagster_home / "storage" / "control_plane"
+
+    @property
     def journal_dir(self) -> Path:
         """The runs' write-ahead journals of LLM calls: `state_dir/journal`."""
         return self.state_dir / "journal"

@@ -248,3 +248,32 @@ def test_postgres_killed_mid_run_loses_nothing_and_duplicates_nothing(dedicated_
     assert outcomes == 1_650
     # A second flush finds nothing to do and changes nothing.
     assert spool.replay(ControlPlaneWriter(target_for(uri), spool)).files_replayed == 0
+
+
+def test_a_poison_batch_never_blocks_later_ones(control_plane_dsn: str) -> None:
+    """A spooled batch with a row the database rejects for good: `pmagent control flush` writes the good rows
+    of it and of every later batch, quarantines the bad row with the database's reason, and says so."""
+    spool = Spool(get_settings().spool_dir)
+    poisoned = make_batch(4)
+    poisoned.records[2].project_id = 2**70  # out of bigint range (SQLSTATE 22003): it will never fit
+    later = make_batch(3, start=10)
+    spool.append(PendingBatch(reason="test", records=poisoned.records, enrichments=poisoned.enrichments))
+    spool.append(PendingBatch(reason="test", records=later.records, enrichments=later.enrichments))
+
+    def pmagent(*args: str) -> dict:
+        done = subprocess.run(
+            [str(VENV_BIN / "pmagent"), "control", *args], env=cli_env(), capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return json.loads(done.stdout)
+
+    flushed = pmagent("flush")
+    assert (flushed["files_replayed"], flushed["files_left"], flushed["records_written"]) == (2, 0, 6)
+    assert flushed["quarantined"] == 1 and flushed["quarantine"]["rows"] == 1
+    (reason,) = flushed["quarantine"]["by_reason"]
+    assert "NumericValueOutOfRange" in reason
+    with psycopg.connect(control_plane_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM control.agent_run").fetchone() == (6,)
+        assert conn.execute("SELECT count(*) FROM gematria.noun_enrichment").fetchone() == (7,)
+    summary = pmagent("summary", "--json")
+    assert summary["quarantine"]["rows"] == 1 and summary["spool"]["pending_files"] == 0

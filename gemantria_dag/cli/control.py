@@ -19,8 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from gemantria_dag.cli.output import fail_on_settings_error, print_json
+from gemantria_dag.control_plane.journal import pending_journals
 from gemantria_dag.control_plane.live import live_status
 from gemantria_dag.control_plane.spool import Spool
+from gemantria_dag.control_plane.store import LocalStore, PostgresStore
 from gemantria_dag.control_plane.usage import (
     SpendReport,
     ToolStatus,
@@ -205,10 +207,14 @@ def summary_command(window: str = WINDOW_OPTION, as_json: bool = JSON_OPTION) ->
                 "pending_outcomes": spool.enrichments,
                 "pending_files": spool.files,
                 "folder": spool.folder,
+                # Journals of runs now going or that died (the next run or `flush` replays the dead ones).
+                "journals": len(pending_journals(settings.journal_dir)),
             }
             if spool
             else None
         )
+        quarantine = writer.quarantine.summary() if writer.quarantine is not None else None
+        payload["quarantine"] = quarantine.model_dump() if quarantine is not None else None
     if as_json:
         print_json(payload)
         return
@@ -234,24 +240,48 @@ def summary_command(window: str = WINDOW_OPTION, as_json: bool = JSON_OPTION) ->
     _print_kv(console, "live", payload["live"])
     if payload["spool"] is not None:
         _print_kv(console, "spool (not yet replayed)", payload["spool"])
+    if payload["quarantine"] and payload["quarantine"]["rows"]:
+        _print_kv(
+            console,
+            f"quarantine: {payload['quarantine']['rows']} rows the database rejected (never retried)",
+            {"folder": payload["quarantine"]["folder"], **payload["quarantine"]["by_reason"]},
+        )
 
 
 @app.command("flush")
 def flush_command() -> None:
-    """Replay the spool into the database, exactly once; print the counts."""
+    """Replay the journals of runs that died and the spool into the database, exactly once; print the counts and
+    the rows the database rejected for good (quarantined, with its reasons)."""
     with fail_on_settings_error() as settings:
         target = resolve_database(settings)
-        spool = Spool(settings.spool_dir)
-        writer = ControlPlaneWriter(target, spool)
         payload: dict[str, Any] = {"configured": target.configured, "where": target.display}
-        if not target.on:
-            pending = spool.summary()
-            payload.update(db="off", reason=target.reason, files_left=pending.files, records_left=pending.records)
+        if target.configured == "off":
+            # DB off: a dead run's outcomes still go to the local store, so that the next run reuses them.
+            recovery = LocalStore(settings, settings.local_store_dir).recover()
+            payload.update(db="off", reason=target.reason, journals=recovery.model_dump())
             print_json(payload)
-            # DSN=off is a choice (exit 0); a configured DB that is down is a failed flush.
-            raise typer.Exit(0 if target.configured == "off" else 1)
-        report = spool.replay(writer)
-        payload.update(db="on" if report.error is None else "off", **report.model_dump())
+            raise typer.Exit(0)
+        store = PostgresStore(settings, target=target)
+        if not target.on:
+            pending = store.spool_store.summary()
+            payload.update(
+                db="off",
+                reason=target.reason,
+                files_left=pending.files,
+                records_left=pending.records,
+                journals_left=len(pending_journals(settings.journal_dir)),
+            )
+            print_json(payload)
+            raise typer.Exit(1)  # a configured DB that is down is a failed flush
+        recovery = store.recover()
+        report = store.last_replay
+        quarantine = store.writer.quarantine.summary() if store.writer.quarantine is not None else None
+        payload.update(
+            db="on" if report.error is None else "off",
+            **report.model_dump(),
+            journals=recovery.model_dump(),
+            quarantine=quarantine.model_dump() if quarantine is not None else None,
+        )
         print_json(payload)
-        if report.error is not None:
+        if report.error is not None or recovery.errors:
             raise typer.Exit(1)
