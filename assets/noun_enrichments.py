@@ -42,6 +42,7 @@ def noun_enrichments(
 
     store = store_for(settings, context.instance)
     plan = steps.plan_work(noun_gematria, context.partition_keys, config, decision, store)
+    steps.reap_dead_runs(context, store.last_recovery.dead_runs)
     context.log.info(plan.summary(decision.model, config.prompt_version))
 
     runner = steps.make_runner(context, config, decision, plan, backends, settings, store)

@@ -23,6 +23,10 @@ from gemantria_dag.names import BACKEND_TAG, ENGINE, LM_STUDIO, REMOTE
 from gemantria_dag.settings import Settings
 
 DAGSTER_SCHEMA = "dagster"
+# Retries of a failed run (a tag `dagster/max_retries` on a run or job overrides it; 0 turns them off).
+RUN_MAX_RETRIES = 2
+# A run still starting (or cancelling) after this long is marked failed by the daemon's run monitoring.
+RUN_START_TIMEOUT_SECONDS = 180
 DAGSTER_PG_URL_VAR = "DAGSTER_PG_URL"
 
 
@@ -48,7 +52,8 @@ def storage_config(settings: Settings) -> tuple[dict[str, Any] | None, str]:
 
 def instance_config(settings: Settings) -> dict[str, Any]:
     """dagster.yaml's contents: no telemetry; at most 4 runs at once, of them 1 on LM Studio, 3 on the remote
-    and 1 on the embedded engine (by the run tag `BACKEND_TAG`); `storage_config`'s storage unless that is SQLite."""
+    and 1 on the embedded engine (by the run tag `BACKEND_TAG`); run monitoring and run retries (a failed or
+    killed run is launched again, twice at most); `storage_config`'s storage unless that is SQLite."""
     config: dict[str, Any] = {
         "telemetry": {"enabled": False},
         "nux": {"enabled": False},
@@ -66,6 +71,21 @@ def instance_config(settings: Settings) -> dict[str, Any]:
             },
             "pools": {"default_limit": 2},
         },
+        # A run whose worker dies (SIGKILL, the OOM killer, a lost node) must not stay "started" forever nor wait
+        # for an operator: the code server that launched it sees its process gone and marks it failed; the
+        # daemon's run monitoring fails runs stuck starting or cancelling; run retries then launch it again (from
+        # the failure), and the new run resumes: every answer the dead one received is in its journal
+        # (gemantria_dag/control_plane/journal.py), so it calls only for the rest. Asset failures (every backend
+        # down, the blocking failed_nouns check) are retried too: the retry calls only for the nouns left.
+        "run_monitoring": {
+            "enabled": True,
+            "start_timeout_seconds": RUN_START_TIMEOUT_SECONDS,
+            "cancel_timeout_seconds": RUN_START_TIMEOUT_SECONDS,
+            "poll_interval_seconds": 30,
+            # Pool slots of a run that ended without freeing them (its worker died) are freed after this long.
+            "free_slots_after_run_end_seconds": 30,
+        },
+        "run_retries": {"enabled": True, "max_retries": RUN_MAX_RETRIES},
     }
     storage, _ = storage_config(settings)
     if storage is not None:

@@ -71,6 +71,10 @@ class JournalHeader(BaseModel):
     temperature: float
     max_tokens: int
     server: str | None = None
+    # The journaling process and its parent (Dagster's run worker under the multiprocess executor): when both are
+    # gone the run died with them, and the next run marks it failed (steps.reap_dead_runs).
+    pid: int | None = None
+    parent_pid: int | None = None
 
 
 class Sink(Protocol):
@@ -151,10 +155,12 @@ class Journal:
         folder.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         self.path = folder / f"{stamp}-{(header.run_id or 'run')[:8]}-{os.getpid()}{SUFFIX}"
-        self.header = header
         self._sink = sink
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
+        if header.pid is None:
+            header = header.model_copy(update={"pid": os.getpid(), "parent_pid": os.getppid()})
+        self.header = header
         os.write(self._fd, _line("header", header.model_dump_json()))
         os.fsync(self._fd)
         self._commit_seconds = commit_seconds
@@ -277,6 +283,8 @@ class RecoveryReport(BaseModel):
     unknown_outcomes: int = 0
     spooled: int = 0
     errors: list[str] = []
+    # Runs whose journal was recovered and whose processes are all gone: dead, whatever their Dagster status says.
+    dead_runs: list[str] = []
 
 
 @dataclass
@@ -307,6 +315,19 @@ def _read(path: Path) -> _Replayed:
             except (ValueError, KeyError, ValidationError):
                 continue
     return found
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether process `pid` exists on this machine (journals are local files: so were their writers)."""
+    if not pid or pid <= 1:  # unknown, or re-parented to init: nothing to wait for
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def pending_journals(folder: Path) -> list[Path]:
@@ -365,6 +386,8 @@ def recover(folder: Path, sink: Sink) -> RecoveryReport:
                 report.errors.append(f"{claimed.path.name}: {type(exc).__name__}: {exc}")
                 continue
             report.journals += 1
+            if found.header is not None and found.header.run_id and not _alive(found.header.parent_pid):
+                report.dead_runs.append(found.header.run_id)
             report.records += len(records)
             report.outcomes += len(found.outcomes)
         if not claimed_any and path.exists():

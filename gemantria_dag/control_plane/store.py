@@ -66,7 +66,12 @@ class OutcomeStore(Protocol):
         ...
 
     def recover(self) -> RecoveryReport:
-        """Replay the journals of dead runs (and the spool, where there is one)."""
+        """Replay the journals of dead runs (and the spool, where there is one); also kept as `last_recovery`."""
+        ...
+
+    @property
+    def last_recovery(self) -> RecoveryReport:
+        """What the last `recover` did (its `dead_runs` are for steps.reap_dead_runs)."""
         ...
 
     def save_batch(self, batch: EnrichmentBatch, *, session_id: UUID | None) -> WriteReport:
@@ -249,6 +254,7 @@ class LocalStore:
         self.outcomes = LocalEnrichmentStore(folder)
         self._recovered = False
         self.records_skipped = 0
+        self.last_recovery = RecoveryReport()
 
     @property
     def where(self) -> str:
@@ -274,7 +280,8 @@ class LocalStore:
 
     def recover(self) -> RecoveryReport:
         """As `OutcomeStore.recover`."""
-        return recover(self._settings.journal_dir, self)
+        self.last_recovery = recover(self._settings.journal_dir, self)
+        return self.last_recovery
 
     def lookup(
         self, strong_ids: Iterable[str], model: str, prompt_version: str, params_hash: str

@@ -15,6 +15,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    DagsterRunStatus,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -56,6 +57,7 @@ CHECKS = ("coverage", "failure_rate", "confidence_in_range", "no_empty_insight",
 # blocking check. Answers that do not validate (violations, truncated) fail `failure_rate`, which
 # reports without failing the run: the answers came, and they are stored.
 BLOCKING_CHECKS = frozenset({"failed_nouns"})
+_IN_PROGRESS = frozenset({DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING})
 # Run statistics that build_result wraps in a MetadataValue of their own.
 _TYPED_STATS = frozenset({"backend_mix", "cost_usd", "saved_usd", "unpriced_calls", "total_tokens"})
 
@@ -146,6 +148,34 @@ def plan_work(
         cached = {k: v for k, v in cached.items() if v.ok}
     todo = [n for n in nouns if n["strong_id"] not in cached]
     return WorkPlan(partitions, in_scope, nouns, cached, todo, p_hash)
+
+
+def reap_dead_runs(context: AssetExecutionContext, run_ids: Iterable[str]) -> list[str]:
+    """Mark failed the runs whose processes died (their journals were just recovered) but that Dagster still
+    shows as in progress, and free their pool slots; return their ids.
+
+    A run killed with its process group (SIGKILL, the OOM killer, a lost node) reports nothing: launched by the
+    Dagster CLI it stays "started" for ever and keeps its slot of the `llm_enrichment` pool, so that after two
+    such kills every later enrichment run waits for a slot that is never freed (seen here). Under `dagster dev`
+    the code server notices its run worker gone and the daemon's run monitoring frees the slots; this is the
+    same for runs nobody watches.
+    """
+    reaped = []
+    for run_id in dict.fromkeys(run_ids):
+        run = context.instance.get_run_by_id(run_id)
+        if run is None or run_id == context.run_id or run.status not in _IN_PROGRESS:
+            continue
+        context.instance.report_run_failed(
+            run, message=f"its processes died (found by run {context.run_id}, which replayed its journal)"
+        )
+        context.instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+        reaped.append(run_id)
+    if reaped:
+        context.log.warning(
+            f"marked failed {len(reaped)} run(s) whose processes died: {', '.join(reaped)}; their answers were "
+            "replayed from their journals (the calls in flight are recorded as worker_died) and their pool slots freed"
+        )
+    return reaped
 
 
 def _set_price_hint(model: str) -> str:
