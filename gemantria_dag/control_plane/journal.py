@@ -98,7 +98,8 @@ class JournalReport:
     records_spooled: int = 0
     outcomes_spooled: int = 0
     commits: int = 0
-    commit_seconds: float = 0.0
+    commit_seconds: float = 0.0  # in the group-commit thread: fsync and the store's transactions
+    append_seconds: float = 0.0  # on the calls' event loop: encoding and appending the journal's lines
     unknown_outcomes: int = 0
     spool_reason: str | None = None
     spooled_to: str | None = None
@@ -181,6 +182,7 @@ class Journal:
         self, request_id: UUID, strong_id: str | None, partition: str | None, purpose: str, prompt_length: int
     ) -> None:
         """Note a request about to be sent (before it is sent)."""
+        started = time.perf_counter()
         intent: dict[str, object] = {
             "id": str(request_id),
             "strong_id": strong_id,
@@ -191,21 +193,26 @@ class Journal:
         }
         os.write(self._fd, _line("intent", json.dumps(intent, ensure_ascii=False)))
         self._open_intents[request_id] = intent
+        self.report.append_seconds += time.perf_counter() - started
 
     def done(self, request_id: UUID, records: Sequence[AgentRunRecord]) -> None:
         """The request ended with these (final) records; none when nothing was sent."""
+        started = time.perf_counter()
         body = ",".join(r.model_dump_json() for r in records)
         os.write(self._fd, f'{{"k":"done","id":"{request_id}","records":[{body}]}}\n'.encode())
         self._open_intents.pop(request_id, None)
         if records:
             with self._lock:
                 self._records.extend(records)
+        self.report.append_seconds += time.perf_counter() - started
 
     def outcome(self, outcome: NounEnrichment) -> None:
         """A noun's outcome (after the `done` of its last request)."""
+        started = time.perf_counter()
         os.write(self._fd, _line("outcome", outcome.model_dump_json()))
         with self._lock:
             self._outcomes.append(outcome)
+        self.report.append_seconds += time.perf_counter() - started
 
     def _commit_loop(self) -> None:
         while not self._stop.wait(self._commit_seconds):

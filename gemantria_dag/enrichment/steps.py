@@ -300,6 +300,7 @@ def close_journal(runner: EnrichmentRunner, log_warning: Callable[[str], None]) 
         "outcomes_spooled": report.outcomes_spooled,
         "spool_reason": report.spool_reason,
         "seconds": report.commit_seconds,
+        "journal_append_seconds": report.append_seconds,
         "commits": report.commits,
         "unknown_outcomes": report.unknown_outcomes,
     }

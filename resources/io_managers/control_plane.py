@@ -95,6 +95,11 @@ class ControlPlaneIOManager(IOManager):
             "control_plane_outcomes_spooled": MetadataValue.int(int(stored.get("outcomes_spooled", 0))),
             "control_plane_quarantined": MetadataValue.int(int(stored.get("quarantined", 0))),
             "control_plane_seconds": MetadataValue.float(round(float(stored.get("seconds", 0.0)), 4)),
+            # The journal's cost on the calls' event loop (its group commits run in a thread of their own).
+            "control_plane_journal_append_seconds": MetadataValue.float(
+                round(float(stored.get("journal_append_seconds", 0.0)), 4)
+            ),
+            "control_plane_unknown_outcomes": MetadataValue.int(int(stored.get("unknown_outcomes", 0))),
             "control_plane_records_replayed": MetadataValue.int(self.store.last_replay.records_written),
         }
 
