@@ -30,11 +30,14 @@ from gemantria_dag.db.target import DatabaseTarget, scrub_error
 
 DEFAULT_BATCH_SIZE = 2_000
 
+# Staging tables live as long as their connection (made by `connect`) and are emptied by each commit: the
+# journal's group commit writes a few dozen rows every 250 ms, and creating and dropping two tables per
+# transaction doubled its statements and wrote the system catalogs every time.
 _STAGE_RUNS = """
-CREATE TEMP TABLE _agent_run_stage (
+CREATE TEMP TABLE IF NOT EXISTS _agent_run_stage (
     id uuid, project_id bigint, session_id uuid, tool text,
     args_json jsonb, result_json jsonb, violations_json jsonb, created_at timestamptz
-) ON COMMIT DROP
+) ON COMMIT DELETE ROWS
 """
 _COPY_RUNS = (
     "COPY _agent_run_stage (id, project_id, session_id, tool, args_json, result_json, violations_json, created_at)"
@@ -62,10 +65,10 @@ SET first_seen = LEAST(c.first_seen, EXCLUDED.first_seen),
     last_seen = GREATEST(c.last_seen, EXCLUDED.last_seen)
 """
 _STAGE_OUTCOMES = """
-CREATE TEMP TABLE _noun_enrichment_stage (
+CREATE TEMP TABLE IF NOT EXISTS _noun_enrichment_stage (
     strong_id text, model text, prompt_version text, params_hash text, backend text,
     ok boolean, insight_json jsonb, violation text, record_id uuid, created_at timestamptz
-) ON COMMIT DROP
+) ON COMMIT DELETE ROWS
 """
 _COPY_OUTCOMES = (
     "COPY _noun_enrichment_stage (strong_id, model, prompt_version, params_hash, backend, ok, insight_json,"
@@ -209,6 +212,12 @@ class ControlPlaneWriter:
                 conn.close()
                 raise
             self._schema_ready = True
+        try:
+            conn.execute(_STAGE_RUNS)
+            conn.execute(_STAGE_OUTCOMES)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def describe_error(self, exc: BaseException) -> str:
@@ -259,9 +268,9 @@ class ControlPlaneWriter:
         try:
             with conn.transaction():  # a savepoint inside persist's transaction
                 if table == "control.agent_run":
-                    done = self._write_rows(conn, rows, [], session_id)  # type: ignore[arg-type]
+                    done = self._write_rows(conn, rows, [], session_id, clear=True)  # type: ignore[arg-type]
                 else:
-                    done = self._write_rows(conn, [], rows, session_id)  # type: ignore[arg-type]
+                    done = self._write_rows(conn, [], rows, session_id, clear=True)  # type: ignore[arg-type]
             counts.records_written += done.records_written
             counts.records_already_present += done.records_already_present
             counts.enrichments_written += done.enrichments_written
@@ -304,13 +313,15 @@ class ControlPlaneWriter:
         records: Sequence[AgentRunRecord],
         enrichments: Sequence[NounEnrichment],
         session_id: UUID | None,
+        *,
+        clear: bool = False,
     ) -> BatchCounts:
-        """COPY into staging tables, then insert; in the caller's transaction (or savepoint)."""
+        """COPY into the staging tables, then insert; in the caller's transaction (or savepoint). `clear`: empty the
+        staging tables after use (a savepoint's rows stay there until the whole transaction commits)."""
         counts = BatchCounts()
         session_ids = self.shape is None or self.shape.session_id_is_ours
         with conn.cursor() as cur:
             if records:
-                cur.execute(_STAGE_RUNS)
                 with cur.copy(_COPY_RUNS) as copy:
                     for record in records:
                         copy.write_row(_run_row(record, session_id, session_ids=session_ids))
@@ -318,15 +329,16 @@ class ControlPlaneWriter:
                 counts.records_written = cur.rowcount
                 counts.records_already_present = len(records) - cur.rowcount
                 cur.execute(_UPSERT_CATALOG)
-                cur.execute("DROP TABLE _agent_run_stage")  # a savepoint of the same transaction stages again
+                if clear:
+                    cur.execute("DELETE FROM _agent_run_stage")
             if enrichments:
-                cur.execute(_STAGE_OUTCOMES)
                 with cur.copy(_COPY_OUTCOMES) as copy:
                     for outcome in enrichments:
                         copy.write_row(_outcome_row(outcome))
                 cur.execute(_UPSERT_OUTCOMES)
                 counts.enrichments_written = cur.rowcount
-                cur.execute("DROP TABLE _noun_enrichment_stage")
+                if clear:
+                    cur.execute("DELETE FROM _noun_enrichment_stage")
         return counts
 
     def write(self, batch: EnrichmentBatch, *, session_id: UUID | None = None) -> WriteReport:
