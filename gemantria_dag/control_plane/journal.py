@@ -83,6 +83,11 @@ class JournalHeader(BaseModel):
 class Sink(Protocol):
     """Where the journal's calls go (the store, `store.py`)."""
 
+    @property
+    def where(self) -> str:
+        """Where rows go, safe to print."""
+        ...
+
     def write(self, records: Sequence[AgentRunRecord], outcomes: Sequence[NounEnrichment]) -> str | None:
         """Write both in one transaction; None when written, else why not (nothing written, try again later)."""
         ...
@@ -311,6 +316,11 @@ class Journal:
         finally:
             os.close(self._fd)  # releases the lock
         return self.report
+
+    @property
+    def where(self) -> str:
+        """Where this journal's rows go (its store), safe to print."""
+        return self._sink.where
 
     def done_unknown(self, records: list[AgentRunRecord]) -> None:
         """Append records of unknown outcome (open intents at close) as if their requests had ended so."""

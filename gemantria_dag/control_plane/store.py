@@ -118,7 +118,7 @@ class PostgresStore:
     @property
     def where(self) -> str:
         """As `OutcomeStore.where`."""
-        return f"postgres:{self.writer.target.display}"
+        return f"control.agent_run on {self.writer.target.display}"
 
     def write(self, records: Sequence[AgentRunRecord], outcomes: Sequence[NounEnrichment]) -> str | None:
         """As `OutcomeStore.write`."""
@@ -259,7 +259,7 @@ class LocalStore:
     @property
     def where(self) -> str:
         """As `OutcomeStore.where`."""
-        return f"sqlite:{self.outcomes.path}"
+        return f"{self.outcomes.path} (call records not logged: {OFF_REASON})"
 
     def write(self, records: Sequence[AgentRunRecord], outcomes: Sequence[NounEnrichment]) -> str | None:
         """As `OutcomeStore.write`."""

@@ -309,7 +309,7 @@ def close_journal(runner: EnrichmentRunner, log_warning: Callable[[str], None]) 
         return str(runner.journal.path)
     if report.spooled_to:
         return f"the spool {report.spooled_to} ({report.spool_reason})"
-    return "the control plane"
+    return runner.journal.where
 
 
 def run_calls(
