@@ -11,7 +11,7 @@ queued at the server are about `queue = limit x (1 - base_rtt / rtt)` (Little's 
   below that was measured:
   the server batches (llama.cpp's continuous batching makes each call slower and the whole faster), so
   one more;
-- a queue and no such gain: down to the estimate `limit x base_rtt / rtt` (by half at most, as Netflix's
+- a queue and no such gain: down by the whole calls queued (by half at most, as Netflix's
   gradient limit; in slow start not below the last limit without a queue), and no probe above it for
   `PROBE_EVERY` rounds;
 - an overload signal (HTTP 429 or 503, a timeout): `limit x BACKOFF` at once (AIMD's multiplicative
@@ -29,6 +29,7 @@ The fixed limit (a run's explicit `*_concurrency`) is the same object with adapt
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -253,9 +254,11 @@ class ConcurrencyLimiter:
             if busy:
                 self._raise()  # at the server's word: look above it, and measure before going below
         else:
-            # Down to the capacity the round suggests (exact for a server with N slots and a queue), by half
+            # Down to the capacity the round suggests (limit - queue: exact for a server with N slots), by half
             # at most, as Netflix's gradient limit; in slow start not below the last limit without a queue.
-            target = max(limit // 2, round(limit * base / rtt))
+            # The queue's whole calls come off: its fraction is mostly service-time jitter (5 % jitter at 16
+            # slots reads as 0.4 of a call), which `limit x base_rtt / rtt` would take off too (settling at 15).
+            target = max(limit // 2, limit - max(1, math.floor(queue)))
             if self.slow_start:
                 self.slow_start = False
                 target = max(self._good, target)
