@@ -171,9 +171,9 @@ def test_calls_go_at_once_while_the_remote_allows_then_wait_in_order() -> None:
     clock = Clock()
     pacer = Pacer(clock)
     assert pacer.delay(100) == 0.0 and not pacer.active  # nothing said: never waits
-    pacer.observe(200, headers(remaining_requests=3, remaining_tokens=60000))  # 600/min: 10 a second
+    pacer.observe(200, headers(remaining_requests=4, remaining_tokens=60000))  # 600/min: 10 a second
     waits = [pacer.delay(100) for _ in range(6)]
-    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert waits[:3] == [0.0, 0.0, 0.0]  # the fourth stays in reserve
     assert waits[3:] == pytest.approx([0.1, 0.2, 0.3])  # one each tenth of a second, in order
     assert pacer.stats.waited_calls == 3
 
@@ -183,18 +183,22 @@ def test_tokens_bind_when_the_prompt_and_max_tokens_do_not_fit() -> None:
     pacer = Pacer(clock)
     pacer.observe(200, headers(remaining_requests=500, remaining_tokens=1000))  # 60,000/min: 1,000 a second
     assert pacer.delay(800) == 0.0
-    assert pacer.delay(800) == pytest.approx(0.6)  # 200 left: 600 more tokens come back in 0.6 s
+    # 200 left: 600 more tokens, and 40 in reserve (2 % of the 2,000 the bucket holds), come back in 0.64 s.
+    assert pacer.delay(800) == pytest.approx(0.64)
 
 
-def test_a_newer_answer_keeps_the_reservations_of_calls_still_waiting() -> None:
+def test_an_answer_to_an_older_request_keeps_what_newer_ones_reserved() -> None:
+    """The remote's remainder counts the answered request and those before it, not those sent after it."""
     clock = Clock()
     pacer = Pacer(clock)
-    pacer.observe(200, headers(remaining_requests=0, remaining_tokens=60000))
+    pacer.observe(200, headers(remaining_requests=3, remaining_tokens=60000))  # one stays in reserve
+    assert [pacer.delay(10) for _ in range(2)] == [0.0, 0.0]
+    older = pacer.mark()
     assert pacer.delay(10) == pytest.approx(0.1)  # reserved, waiting
-    pacer.observe(200, headers(remaining_requests=0, remaining_tokens=60000))  # another answer, same moment
-    assert pacer.delay(10) == pytest.approx(0.2)  # behind the one still waiting
-    pacer.sent(10)
-    pacer.sent(10)
+    pacer.observe(200, headers(remaining_requests=0, remaining_tokens=60000), older)
+    assert pacer.delay(10) == pytest.approx(0.3)  # behind the one reserved after `older`, and the reserve
+    pacer.observe(200, headers(remaining_requests=0, remaining_tokens=60000), pacer.mark())
+    assert pacer.delay(10) == pytest.approx(0.2)  # an answer to the newest: nothing reserved after it
 
 
 def test_a_429_pauses_every_caller_for_its_retry_after() -> None:

@@ -215,6 +215,8 @@ class CallState:
     # Attempts answered 429, and seconds waited for the remote's rate-limit allowance before sending.
     rate_limited: int = 0
     rate_limit_wait_s: float = 0.0
+    # The pacer's mark of this attempt's request (gemantria_dag/llm/rate_limits.py); None: not paced.
+    pace_mark: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.structured is not None:

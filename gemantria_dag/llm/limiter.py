@@ -7,8 +7,8 @@ queued at the server are about `queue = limit x (1 - base_rtt / rtt)` (Little's 
 `limit` calls, and `MIN_ROUND` of them, started under the current limit, after `limit` calls of warm-up):
 
 - no queue (`queue <= alpha`): one more (doubling while in slow start, which the first queue ends);
-- a queue, but the throughput `in_flight / rtt` rose by more than `THROUGHPUT_GAIN` over the nearest limit
-  below that was measured:
+- a queue, but the throughput `in_flight / rtt` rose by more than `THROUGHPUT_GAIN` per call added over the
+  nearest limit below that was measured:
   the server batches (llama.cpp's continuous batching makes each call slower and the whole faster), so
   one more;
 - a queue and no such gain: down by the whole calls queued (by half at most, as Netflix's
@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 MIN_ROUND = 4
-# A limit change is kept on a measured throughput gain of at least this fraction (noise on the loopback
-# 200 ms server: 1-3 % per round; llama-server 2 -> 4 slots: +30 %).
+# A queue is worth keeping when the throughput rose by at least this fraction per call added since the
+# nearest lower limit measured (noise on the loopback 100-200 ms servers: 1-3 % a round; llama-server
+# --parallel 4: +14 % from 1 to 2 calls, +30 % from 2 to 4).
 THROUGHPUT_GAIN = 0.08
 PROBE_EVERY = 4  # rounds at a limit found too high before probing above it again
 BACKOFF = 0.75  # the multiplicative decrease on an overload signal
@@ -138,6 +139,9 @@ class ConcurrencyLimiter:
             self._floor_hint = self.limit
             self.slow_start = False  # the server said how many it serves: probe one above, not double
         self._since = self._round.started = self.clock()
+        # The first calls also open the connections: 113 ms for the 100 ms server where later ones took 101,
+        # which read as a 13 % throughput gain at the next limit (a batching server, it concluded).
+        self._round.warmup = self.limit
 
     # ------------------------------------------------------------ slots
 
@@ -216,14 +220,14 @@ class ConcurrencyLimiter:
         r = self._round
         if started < r.started:
             return  # started under another limit
+        if rtt < r.rtt_min:
+            r.rtt_min = rtt  # warm-up calls too: no call is faster than the unloaded server
         if r.warmup:
             r.warmup -= 1
             return
         r.n += 1
         r.rtt_sum += rtt
         r.in_flight_sum += in_flight
-        if rtt < r.rtt_min:
-            r.rtt_min = rtt
         if r.n >= self.limit and r.n >= MIN_ROUND:
             self._decide(r)
 
@@ -245,7 +249,7 @@ class ConcurrencyLimiter:
         if queue <= max(0.5, 0.1 * limit):
             if busy:
                 self._raise()
-        elif below is not None and throughput > below * (1.0 + THROUGHPUT_GAIN):
+        elif below is not None and throughput > below * (1.0 + THROUGHPUT_GAIN * (limit - lower)):
             self._round_minima.clear()  # each call is slower at this batch size: that is the new unloaded time
             self._round_minima.append(rtt)
             if busy:

@@ -13,7 +13,7 @@ import abc
 import asyncio
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -185,8 +185,13 @@ class LLMBackend(ConfigurableResource, abc.ABC):
         if not pacer.active:
             return 0.0
         wait = pacer.delay(self._call_tokens(call))
+        call.pace_mark = pacer.mark()
         call.rate_limit_wait_s += wait
         return wait
+
+    def _observe(self, call: CallState, status: int, get: Callable[[str], str | None]) -> None:
+        """Hand an answer's rate-limit headers to the pacer, with the request they answer."""
+        self._pacer.observe(status, get, call.pace_mark)
 
     @staticmethod
     def _call_tokens(call: CallState) -> int:
@@ -215,16 +220,14 @@ class LLMBackend(ConfigurableResource, abc.ABC):
         server = self.calls.server
         if server.needs_preparing():
             server.prepare(client)
-        pacer = self._pacer
         while True:
             wait = self._pace(call)
             if wait > 0:
                 time.sleep(wait)
-                pacer.sent(self._call_tokens(call))
             call.begin_attempt()
             timeouts, own = self._attempt_timeouts(call)
             send = transport.send_stream if stream else transport.send
-            outcome = send(client, call, timeouts, own, pacer.observe)
+            outcome = send(client, call, timeouts, own, self._observe)
             step = call.after(outcome)
             if isinstance(step, CompletionResult):
                 return step
@@ -257,13 +260,12 @@ class LLMBackend(ConfigurableResource, abc.ABC):
                 if wait > 0:
                     # Wait for the remote's allowance instead of going out to be refused (a 429 counts too).
                     await asyncio.sleep(wait)
-                    pacer.sent(self._call_tokens(call))
             call.begin_attempt()
             timeouts, own = self._attempt_timeouts(call)
             if stream:
-                outcome = await transport.asend_stream(pool.client, call, timeouts, own, pacer.observe)
+                outcome = await transport.asend_stream(pool.client, call, timeouts, own, self._observe)
             else:
-                outcome = await transport.asend(pool, call, timeouts, own, pacer.observe)
+                outcome = await transport.asend(pool, call, timeouts, own, self._observe)
             step = call.after(outcome)
             if isinstance(step, CompletionResult):
                 return step

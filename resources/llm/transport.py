@@ -31,8 +31,8 @@ from resources.llm.pools import AsyncPool, aiohttp_timeout, httpx_timeout
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, TimeoutError, OSError, aiohttp.ClientError)
 
 
-# Sees each answer's status and headers (`get(name)`: a header's value or None): the backend's rate-limit pacer.
-Observer = Callable[[int, Callable[[str], str | None]], None]
+# Sees each answer (the call, its status, `get(name)`: a header's value or None): the backend's rate-limit pacer.
+Observer = Callable[[CallState, int, Callable[[str], str | None]], None]
 
 
 class _Deadline(Exception):
@@ -80,7 +80,7 @@ def send(
         try:
             with client.stream("POST", call.url, json=call.payload, timeout=timeout) as response:
                 if observe is not None:
-                    observe(response.status_code, response.headers.get)
+                    observe(call, response.status_code, response.headers.get)
                 content = _chunks_until(response.iter_bytes(), deadline)
                 return parse_chat_response(response.status_code, content, response.headers.get("retry-after"))
         except (*TRANSPORT_ERRORS, _Deadline) as exc:
@@ -107,7 +107,7 @@ async def asend(
                 proxy_auth=pool.proxy_auth,
             ) as response:
                 if observe is not None:
-                    observe(response.status, response.headers.get)
+                    observe(call, response.status, response.headers.get)
                 content = await response.read()
                 return parse_chat_response(response.status, content, response.headers.get("retry-after"))
         except TRANSPORT_ERRORS as exc:
@@ -127,7 +127,7 @@ def send_stream(
         try:
             with client.stream("POST", call.url, json=call.payload, timeout=timeout) as response:
                 if observe is not None:
-                    observe(response.status_code, response.headers.get)
+                    observe(call, response.status_code, response.headers.get)
                 if response.status_code >= 400 or not _is_event_stream(response):
                     content = _chunks_until(response.iter_bytes(), deadline)
                     return parse_chat_response(response.status_code, content, response.headers.get("retry-after"))
@@ -167,7 +167,7 @@ async def _astream(
 ) -> Outcome:
     async with client.stream("POST", call.url, json=call.payload, timeout=timeout) as response:  # type: ignore[arg-type]
         if observe is not None:
-            observe(response.status_code, response.headers.get)
+            observe(call, response.status_code, response.headers.get)
         if response.status_code >= 400 or not _is_event_stream(response):
             await response.aread()
             return parse_chat_response(response.status_code, response.content, response.headers.get("retry-after"))
