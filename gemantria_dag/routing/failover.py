@@ -18,7 +18,8 @@ def limiter_signal(result: CompletionResult, elapsed_s: float) -> tuple[Signal, 
     """(how the call speaks of the server's capacity, its service time in seconds) for the route's limiter.
 
     Overload: a 429 on any attempt, a timeout, a 503 (not llama.cpp's "Loading model"). A sample: an answer at
-    the first attempt, its time less any wait for the rate-limit allowance. Anything else says nothing.
+    the first attempt (one cut at max_tokens too: the server did the work), its time less any wait for the
+    rate-limit allowance. Anything else says nothing.
     """
     meta = result.metadata
     error = result.error
@@ -30,7 +31,8 @@ def limiter_signal(result: CompletionResult, elapsed_s: float) -> tuple[Signal, 
         )
     ):
         return Signal.OVERLOAD, None
-    if result.ok and meta.attempts == 1:
+    served = result.ok or (error is not None and error.code == ErrorCode.TRUNCATED)  # cut at max_tokens: served
+    if served and meta.attempts == 1:
         waited = meta.rate_limit_wait_ms
         return Signal.OK, (elapsed_s - waited / 1000.0 if waited else elapsed_s)
     return Signal.IGNORE, None
