@@ -175,7 +175,8 @@ def test_calls_go_at_once_while_the_remote_allows_then_wait_in_order() -> None:
     waits = [pacer.delay(100) for _ in range(6)]
     assert waits[:3] == [0.0, 0.0, 0.0]  # the fourth stays in reserve
     assert waits[3:] == pytest.approx([0.1, 0.2, 0.3])  # one each tenth of a second, in order
-    assert pacer.stats.waited_calls == 3
+    assert pacer.delay(100, horizon_s=0.25) == pytest.approx(0.4)  # beyond the horizon: not reserved
+    assert pacer.delay(100) == pytest.approx(0.4)
 
 
 def test_tokens_bind_when_the_prompt_and_max_tokens_do_not_fit() -> None:
@@ -188,17 +189,25 @@ def test_tokens_bind_when_the_prompt_and_max_tokens_do_not_fit() -> None:
 
 
 def test_an_answer_to_an_older_request_keeps_what_newer_ones_reserved() -> None:
-    """The remote's remainder counts the answered request and those before it, not those sent after it."""
+    """The remote's remainder counts the answered request and those sent before it, not those reserved after it
+    nor those still waiting to go out."""
     clock = Clock()
     pacer = Pacer(clock)
     pacer.observe(200, headers(remaining_requests=3, remaining_tokens=60000))  # one stays in reserve
     assert [pacer.delay(10) for _ in range(2)] == [0.0, 0.0]
     older = pacer.mark()
     assert pacer.delay(10) == pytest.approx(0.1)  # reserved, waiting
+    waiting = pacer.mark()
     pacer.observe(200, headers(remaining_requests=0, remaining_tokens=60000), older)
     assert pacer.delay(10) == pytest.approx(0.3)  # behind the one reserved after `older`, and the reserve
+    last = pacer.mark()
+    pacer.observe(200, headers(remaining_requests=0, remaining_tokens=60000), last)
+    assert pacer.delay(10) == pytest.approx(0.3)  # `waiting` has not gone out yet: the remote did not count it
+    pacer.sent(waiting)
+    pacer.sent(last)
+    pacer.sent(pacer.mark())
     pacer.observe(200, headers(remaining_requests=0, remaining_tokens=60000), pacer.mark())
-    assert pacer.delay(10) == pytest.approx(0.2)  # an answer to the newest: nothing reserved after it
+    assert pacer.delay(10) == pytest.approx(0.2)  # an answer to the newest, every one sent: only the reserve
 
 
 def test_a_429_pauses_every_caller_for_its_retry_after() -> None:

@@ -23,7 +23,7 @@ from pydantic import Field, PrivateAttr
 
 from gemantria_dag.cost.prices import estimated_prompt_tokens
 from gemantria_dag.llm.call import Backend, CallState, PlainServer, RetryPolicy, ServerPolicy, Timeouts
-from gemantria_dag.llm.rate_limits import Pacer
+from gemantria_dag.llm.rate_limits import HORIZON_S, Pacer
 from gemantria_dag.llm.request import StructuredForm, bearer, normalize_response_format, validate_call
 from gemantria_dag.llm.results import CompletionResult, ErrorCode, HealthResult, LLMError
 from resources.llm import transport
@@ -178,16 +178,41 @@ class LLMBackend(ConfigurableResource, abc.ABC):
         """This backend's rate-limit pacer (what its server's rate-limit headers said, shared by every call)."""
         return self._pacer
 
-    def _pace(self, call: CallState) -> float:
-        """Seconds this attempt waits for the server's rate-limit allowance (0.0: go now); see `Pacer.delay`.
-        Its token cost is OpenAI's: the prompt's (estimated) tokens plus `max_tokens`."""
+    def _pace(self, call: CallState, sleep: Callable[[float], None]) -> None:
+        """Wait (`sleep`) until this attempt fits the server's rate-limit allowance; see `Pacer.delay`. Its token
+        cost is OpenAI's: the prompt's (estimated) tokens plus `max_tokens`."""
         pacer = self._pacer
-        if not pacer.active:
-            return 0.0
-        wait = pacer.delay(self._call_tokens(call))
-        call.pace_mark = pacer.mark()
-        call.rate_limit_wait_s += wait
-        return wait
+        tokens = self._call_tokens(call)
+        waited = 0.0
+        while (wait := pacer.delay(tokens, HORIZON_S)) > HORIZON_S:
+            sleep(HORIZON_S)
+            waited += HORIZON_S
+        mark = call.pace_mark = pacer.mark()
+        if wait > 0.0:
+            try:
+                sleep(wait)
+            finally:
+                pacer.sent(mark)
+        call.rate_limit_wait_s += waited + wait
+        pacer.note_wait(waited + wait)
+
+    async def _apace(self, call: CallState) -> None:
+        """`_pace` for asyncio."""
+        pacer = self._pacer
+        tokens = self._call_tokens(call)
+        waited = 0.0
+        while (wait := pacer.delay(tokens, HORIZON_S)) > HORIZON_S:
+            await asyncio.sleep(HORIZON_S)
+            waited += HORIZON_S
+        mark = call.pace_mark = pacer.mark()
+        if wait > 0.0:
+            try:
+                # Wait for the remote's allowance instead of going out to be refused (a 429 counts too).
+                await asyncio.sleep(wait)
+            finally:
+                pacer.sent(mark)
+        call.rate_limit_wait_s += waited + wait
+        pacer.note_wait(waited + wait)
 
     def _observe(self, call: CallState, status: int, get: Callable[[str], str | None]) -> None:
         """Hand an answer's rate-limit headers to the pacer, with the request they answer."""
@@ -221,9 +246,8 @@ class LLMBackend(ConfigurableResource, abc.ABC):
         if server.needs_preparing():
             server.prepare(client)
         while True:
-            wait = self._pace(call)
-            if wait > 0:
-                time.sleep(wait)
+            if self._pacer.active:
+                self._pace(call, time.sleep)
             call.begin_attempt()
             timeouts, own = self._attempt_timeouts(call)
             send = transport.send_stream if stream else transport.send
@@ -256,10 +280,7 @@ class LLMBackend(ConfigurableResource, abc.ABC):
         pacer = self._pacer
         while True:
             if pacer.active:
-                wait = self._pace(call)
-                if wait > 0:
-                    # Wait for the remote's allowance instead of going out to be refused (a 429 counts too).
-                    await asyncio.sleep(wait)
+                await self._apace(call)
             call.begin_attempt()
             timeouts, own = self._attempt_timeouts(call)
             if stream:
