@@ -11,7 +11,7 @@ REPORT_FLAGS ?=
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup setup-browser materialize enrich dev lint test smoke-lmstudio bench clean-state
+.PHONY: setup setup-browser materialize enrich dev lint test smoke-lmstudio bench bench-capacity clean-state
 
 setup: setup-browser
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,12 @@ bench:
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/throughput.py --server fixed --latency-ms 200 --concurrency 16
 	$(BIN)/python benchmarks/throughput.py --server fixed --latency-ms 200 --concurrency 64
+
+# Does the adaptive limit find each backend's capacity (issue 17)? About 30 minutes on 2 cores.
+bench-capacity:
+	$(BIN)/python benchmarks/capacity.py hidden
+	$(BIN)/python benchmarks/capacity.py llama
+	$(BIN)/python benchmarks/capacity.py rate-limited
 
 clean-state:
 	-$(BIN)/pmagent db stop

@@ -119,7 +119,9 @@ class Settings(BaseSettings):
     lm_studio_health_endpoint: str = "/health"
     lm_studio_api_token: SecretStr | None = None
     use_lm_studio: bool = True
-    lm_studio_max_concurrency: int = Field(2, ge=1, le=256)
+    # The ceiling of the adaptive limit (gemantria_dag/llm/limiter.py), which starts at the loaded instance's
+    # `parallel` (LM Studio 0.4 gives 4) and finds the capacity; a run's `lm_studio_concurrency` fixes it.
+    lm_studio_max_concurrency: int = Field(16, ge=1, le=256)
 
     # Remote OpenAI-compatible API (OpenAI, OpenRouter, vLLM...)
     remote_llm_base_url: str | None = None
@@ -127,7 +129,9 @@ class Settings(BaseSettings):
     remote_llm_model: str | None = None
     remote_llm_timeout_seconds: float = Field(60.0, gt=0, le=3600)
     remote_llm_provider: str = Field("remote_llm", pattern=r"^[a-z][a-z0-9_]{0,63}$")
-    remote_llm_max_concurrency: int = Field(16, ge=1, le=1024)
+    # The ceiling of the adaptive limit (starting at 4, doubling while latency holds), paced by the remote's
+    # rate-limit headers; a run's `remote_concurrency` fixes it.
+    remote_llm_max_concurrency: int = Field(64, ge=1, le=1024)
     # USD the remote may cost per day (UTC, by control.agent_run's created_at); spent: routing skips the
     # remote, and a run stops before a call that could go over it. Unset: no daily limit.
     remote_llm_daily_budget_usd: float | None = Field(None, ge=0)

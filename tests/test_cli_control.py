@@ -78,6 +78,14 @@ def seeded(control_plane_dsn: str) -> dict[str, AgentRunRecord]:
         records[key].args.model = "gpt-4o-mini"
     fallback = records["remote_fallback"].result
     fallback.cost_usd, fallback.price_source = CALL_USD, "genai-prices"
+    # Capacity (issue 17): LM Studio's limit settled at 4 (one call made at 5, one row from before issue 17
+    # has none); the remote's calls waited for a rate-limit reset, one after a 429.
+    for key, limit in (("lm_ok_1", 4), ("lm_failed", 5), ("lm_ok_2", 4)):
+        records[key].result.concurrency_limit = limit
+    for key in ("remote_fallback", "remote_substituted"):
+        records[key].result.concurrency_limit = 16
+        records[key].result.rate_limit_wait_ms = 250.0
+    records["remote_substituted"].result.rate_limited = 1
     other_project = _record(9, 1, latency=7)
     other_project.project_id = 2
     writer = ControlPlaneWriter(resolve_database(get_settings()), Spool(get_settings().spool_dir))
@@ -213,8 +221,13 @@ def test_summary_json(seeded: dict[str, AgentRunRecord]) -> None:
         "cost_usd": round(CALL_USD, 9),
         "saved_usd": round(3 * CALL_USD, 9),
         "unpriced_calls": 1,
+        "concurrency_limit": 4,
+        "rate_limit_waits": 2,
+        "http_429": 1,
     }
     lm, remote = out["tools"]["lm_studio"], out["tools"]["remote_llm"]
+    assert (lm["concurrency_limit"], lm["rate_limit_waits"], lm["http_429"]) == (4, 0, 0)
+    assert (remote["concurrency_limit"], remote["rate_limit_waits"], remote["http_429"]) == (16, 2, 1)
     assert (lm["calls"], lm["failed"], lm["failure_rate"], lm["share"]) == (4, 1, 0.25, round(4 / 6, 4))
     assert (lm["latency_ms_p50"], lm["latency_ms_p95"]) == (250.0, 895.0)
     assert (lm["fallback_count"], lm["substitution_count"]) == (0, 0)

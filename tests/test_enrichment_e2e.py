@@ -69,6 +69,12 @@ def test_lm_studio_down_routes_to_remote(
     assert meta["nouns_enriched"] == 3 and meta["backend_mix"] == {"remote": 3}
     tools = _rows(control_plane_dsn, "SELECT DISTINCT tool, args_json->>'routed_backend' FROM control.agent_run")
     assert tools == [("remote_llm", "remote")]
+    # No setting: the remote's limit is adaptive, from its default start (issue 17), and recorded with each call.
+    capacity = meta["concurrency"]["remote"]
+    assert (capacity["adaptive"], capacity["initial"], capacity["initial_source"]) == (True, 4, "default")
+    assert meta["concurrency_limit_remote"] == capacity["settled"]
+    limits = _rows(control_plane_dsn, "SELECT DISTINCT (result_json->>'concurrency_limit')::int FROM control.agent_run")
+    assert limits == [(4,)]
 
 
 @pytest.mark.parametrize(
@@ -115,6 +121,9 @@ def test_64_calls_in_flight_each_recorded_exactly_once(
     assert remote_env.stats()["max_in_flight"] == 64
     assert meta["nouns_in_scope"] == 700 and meta["nouns_enriched"] == 700 and meta["repairs"] == 0
     assert served == meta["calls_made"] == 700
+    # An explicit setting: the limit was fixed, and the metadata and every record say so (issue 17).
+    assert meta["concurrency"]["remote"]["adaptive"] is False and meta["concurrency_limit_remote"] == 64
+    assert (meta["rate_limit_waits"], meta["http_429"]) == (0, 0)
     rows = _rows(
         control_plane_dsn,
         "SELECT count(*), count(DISTINCT id), count(DISTINCT args_json->>'strong_id') "

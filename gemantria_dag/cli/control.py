@@ -182,6 +182,9 @@ _STATS_ROWS = (
     "cost_usd",
     "saved_usd",
     "unpriced_calls",
+    "concurrency_limit",
+    "rate_limit_waits",
+    "http_429",
 )
 
 

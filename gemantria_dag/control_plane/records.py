@@ -142,6 +142,12 @@ class CallResult(SlimModel):
     cost_usd: float | None = None
     saved_usd: float | None = None
     price_source: str | None = None
+    # Capacity (issue 17), None in rows written before it: the route's calls-in-flight limit when the call ended
+    # (gemantria_dag/llm/limiter.py), the HTTP 429 answers its attempts got (None: none), and the milliseconds it
+    # waited before sending for the remote's rate-limit allowance (None: it did not wait).
+    concurrency_limit: int | None = None
+    rate_limited: int | None = None
+    rate_limit_wait_ms: float | None = None
 
 
 @slim

@@ -35,7 +35,13 @@ SELECT tool, created_at,
        CASE WHEN jsonb_typeof(result_json->'cost_usd') = 'number'
             THEN (result_json->>'cost_usd')::float8 END AS cost_usd,
        CASE WHEN jsonb_typeof(result_json->'saved_usd') = 'number'
-            THEN (result_json->>'saved_usd')::float8 END AS saved_usd
+            THEN (result_json->>'saved_usd')::float8 END AS saved_usd,
+       CASE WHEN jsonb_typeof(result_json->'concurrency_limit') = 'number'
+            THEN (result_json->>'concurrency_limit')::float8 END AS concurrency_limit,
+       CASE WHEN jsonb_typeof(result_json->'rate_limited') = 'number'
+            THEN (result_json->>'rate_limited')::float8 END AS rate_limited,
+       CASE WHEN jsonb_typeof(result_json->'rate_limit_wait_ms') = 'number'
+            THEN (result_json->>'rate_limit_wait_ms')::float8 END AS rate_limit_wait_ms
 FROM control.agent_run
 WHERE project_id = %(project_id)s
   AND created_at >= now() - %(window)s
@@ -68,7 +74,10 @@ SELECT tool, grouping(tool) = 1 AS is_total,
        coalesce(sum(completion_tokens), 0)::bigint AS completion_tokens,
        count(*) FILTER (WHERE fallback) AS fallbacks,
        count(*) FILTER (WHERE substituted) AS substitutions,
-       {_SPEND_COLUMNS}
+       {_SPEND_COLUMNS},
+       mode() WITHIN GROUP (ORDER BY concurrency_limit) AS concurrency_limit,
+       count(*) FILTER (WHERE rate_limit_wait_ms > 0) AS rate_limit_waits,
+       coalesce(sum(rate_limited), 0)::bigint AS http_429
 FROM ({_LLM_ROWS}) llm
 GROUP BY GROUPING SETS ((tool), ())
 """
@@ -126,6 +135,12 @@ class UsageStats(BaseModel):
     cost_usd: float = 0.0  # USD, priced calls only
     saved_usd: float = 0.0  # USD the local calls would have cost on the remote model
     unpriced_calls: int = 0
+    # Capacity (issue 17): the calls-in-flight limit most calls were made under (what the backend's adaptive
+    # limit settled at; None: no call recorded one), calls that waited for the remote's rate-limit allowance,
+    # and HTTP 429 answers received.
+    concurrency_limit: int | None = None
+    rate_limit_waits: int = 0
+    http_429: int = 0
 
 
 class SpendRow(BaseModel):
@@ -205,9 +220,9 @@ def usage_summary(conn: psycopg.Connection, project_id: int, window: timedelta) 
     hours = window.total_seconds() / 3600
     total = UsageStats()
     tools: dict[str, UsageStats] = {}
-    for tool, is_total, calls, failed, p50, p95, ptok, ctok, fallbacks, subs, cost, saved, unpriced in conn.execute(
-        _SUMMARY, {"project_id": project_id, "window": window}
-    ):
+    for row in conn.execute(_SUMMARY, {"project_id": project_id, "window": window}):
+        tool, is_total, calls, failed, p50, p95, ptok, ctok, fallbacks, subs, cost, saved, unpriced = row[:13]
+        limit, waits, http_429 = row[13:]
         stats = UsageStats(
             calls=calls,
             ok=calls - failed,
@@ -224,6 +239,9 @@ def usage_summary(conn: psycopg.Connection, project_id: int, window: timedelta) 
             cost_usd=_usd(cost),
             saved_usd=_usd(saved),
             unpriced_calls=unpriced,
+            concurrency_limit=None if limit is None else int(limit),
+            rate_limit_waits=waits,
+            http_429=http_429,
         )
         if is_total:
             total = stats

@@ -21,8 +21,24 @@ class EnrichmentConfig(Config):
     prompt_version: str = PROMPT_VERSION
     temperature: float = Field(0.2, ge=0.0, le=2.0)
     max_tokens: int = Field(256, ge=16, le=8192)
-    lm_studio_concurrency: int | None = Field(None, ge=1, le=64, description="Default: LM_STUDIO_MAX_CONCURRENCY.")
-    remote_concurrency: int | None = Field(None, ge=1, le=1024, description="Default: REMOTE_LLM_MAX_CONCURRENCY.")
+    lm_studio_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description=(
+            "Exactly this many calls in flight to LM Studio, no adapting. Default: an adaptive limit that starts at "
+            "the loaded model's `parallel` slots and finds the capacity, up to LM_STUDIO_MAX_CONCURRENCY."
+        ),
+    )
+    remote_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description=(
+            "Exactly this many calls in flight to the remote, no adapting. Default: an adaptive limit up to "
+            "REMOTE_LLM_MAX_CONCURRENCY, paced by the remote's rate-limit headers either way."
+        ),
+    )
     limit: int | None = Field(None, ge=1, description="Enrich at most this many nouns per run (a quick look).")
     retry_violations: bool = Field(False, description="Call again for nouns whose stored outcome is a violation.")
     max_failure_rate: float = Field(0.5, ge=0.0, le=1.0)

@@ -22,6 +22,7 @@ from gemantria_dag.control_plane.records import (
 )
 from gemantria_dag.cost.budget import Budget, BudgetExhausted, Hold
 from gemantria_dag.cost.prices import ModelPrice, call_cost, estimated_prompt_tokens
+from gemantria_dag.enrichment.capacity import capacity_lines
 from gemantria_dag.enrichment.parse import parse_insight
 from gemantria_dag.enrichment.progress import Progress
 from gemantria_dag.enrichment.prompt import build_messages, repair_messages
@@ -117,6 +118,9 @@ def _record(
             cost_usd=cost,
             saved_usd=saved,
             price_source=source,
+            concurrency_limit=attempt.limit,
+            rate_limited=meta.rate_limited or None,
+            rate_limit_wait_ms=meta.rate_limit_wait_ms,
         ),
         violations=found,
     )
@@ -332,6 +336,8 @@ class EnrichmentRunner:
         finally:
             reporter.cancel()
             await asyncio.gather(reporter, return_exceptions=True)
+        for line in capacity_lines(self.router, self.batch.records):
+            self.log(line)
         if stop and isinstance(stop[0], BudgetExhausted):
             # Worded now, after the calls in flight came back: the spend and the nouns left are final.
             left = len(nouns) - len(self.batch.enrichments)

@@ -27,6 +27,7 @@ from gemantria_dag.control_plane.store import OutcomeStore, StoreRejects
 from gemantria_dag.cost.budget import Budget
 from gemantria_dag.cost.daily import daily_remote_budget
 from gemantria_dag.cost.prices import ModelPrice, price_for
+from gemantria_dag.enrichment.capacity import capacity_report
 from gemantria_dag.enrichment.config import EnrichmentConfig
 from gemantria_dag.enrichment.partitions import LETTER_NAMES
 from gemantria_dag.enrichment.plan import build_router, nouns_for_partitions, tool_by_route
@@ -373,9 +374,15 @@ def build_result(
             "call is recorded in control.agent_run; look up the error codes in docs/runbooks/TROUBLESHOOTING.md, "
             "fix the cause and run again (only the nouns without an outcome are called again)."
         )
+    capacity = capacity_report(runner.router, batch.records)
     return MaterializeResult(
         value=batch,
         metadata={
+            # Per route: the calls-in-flight limit it settled at, and rate-limit waits and 429s (issue 17).
+            "concurrency": MetadataValue.json(capacity),
+            **{f"concurrency_limit_{name}": MetadataValue.int(c["settled"]) for name, c in capacity.items()},
+            "rate_limit_waits": MetadataValue.int(sum(c["rate_limit_waits"] for c in capacity.values())),
+            "http_429": MetadataValue.int(sum(c["http_429"] for c in capacity.values())),
             **{k: v for k, v in stats.items() if v is not None and k not in _TYPED_STATS},
             "backend_mix": MetadataValue.json(stats["backend_mix"]),
             # Typed explicitly, and present on every materialization (0 when nothing was spent), so that the

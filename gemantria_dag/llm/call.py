@@ -212,6 +212,11 @@ class CallState:
     read_timeout: float | None = None
     # The last reply when it was cut by max_tokens (its token usage still counts).
     truncated_reply: Reply | None = None
+    # Attempts answered 429, and seconds waited for the remote's rate-limit allowance before sending.
+    rate_limited: int = 0
+    rate_limit_wait_s: float = 0.0
+    # The pacer's mark of this attempt's request (gemantria_dag/llm/rate_limits.py); None: not paced.
+    pace_mark: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.structured is not None:
@@ -246,6 +251,8 @@ class CallState:
         backend = self.backend
         if backend.server.observe(self, outcome):
             return 0.0  # the server policy learned something: send again at once
+        if isinstance(outcome, Failure) and outcome.error.code == ErrorCode.RATE_LIMITED:
+            self.rate_limited += 1
         if isinstance(outcome, Reply) and outcome.finish_reason == "length" and self.structured is not None:
             # JSON cut mid-way is never valid; free text cut by the budget is still an answer (its
             # finish_reason says so).
@@ -304,6 +311,8 @@ class CallState:
             response_format_type=self.form if self.structured is not None else None,
             endpoint=self.endpoint or None,
             load_budget_used=self.read_timeout is not None,
+            rate_limited=self.rate_limited,
+            rate_limit_wait_ms=round(self.rate_limit_wait_s * 1000.0, 3) if self.rate_limit_wait_s else None,
         )
         if isinstance(outcome, Failure):
             error = redact_error(outcome.error, self.secret)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gemantria_dag.llm.reply import Lenient
 from gemantria_dag.llm.results import ServerKind
@@ -49,6 +49,15 @@ class Listing:
     # None: this server cannot tell which models are loaded.
     loaded: frozenset[str] | None
     kind: ServerKind
+    # Predictions each loaded model runs at once, by key and instance id: LM Studio 0.4's
+    # `loaded_instances[].config.parallel` ("Max Concurrent Predictions"; 4 for JIT and API loads).
+    parallel: dict[str, int] = field(default_factory=dict)
+
+
+def _instance_parallel(instance: dict[str, object]) -> int | None:
+    config = instance.get("config")
+    value = config.get("parallel") if isinstance(config, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def parse_native_listing(content: bytes) -> Listing:
@@ -57,12 +66,19 @@ def parse_native_listing(content: bytes) -> Listing:
     llms = [m for m in body.models if m.type != "embedding"]
     models = [m.key for m in llms]
     loaded: set[str] = set()
+    parallel: dict[str, int] = {}
     for m in llms:
         if m.loaded_instances:
             loaded.add(m.key)
             # A loaded instance can be addressed by its own identifier too.
             loaded.update(str(i["id"]) for i in m.loaded_instances if isinstance(i.get("id"), str))
-    return Listing(models=models, loaded=frozenset(loaded), kind="lm_studio")
+            for instance in m.loaded_instances:
+                slots = _instance_parallel(instance)
+                if slots is not None:
+                    parallel[m.key] = parallel.get(m.key, 0) + slots  # instances of one key serve it together
+                    if isinstance(instance.get("id"), str):
+                        parallel[str(instance["id"])] = slots
+    return Listing(models=models, loaded=frozenset(loaded), kind="lm_studio", parallel=parallel)
 
 
 def parse_legacy_listing(content: bytes) -> Listing:

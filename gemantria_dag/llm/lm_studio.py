@@ -48,6 +48,8 @@ class ServerProfile:
     loaded: frozenset[str] | None
     # "health" or "probe": what taught it.
     source: str
+    # Predictions each loaded model runs at once (`loaded_instances[].config.parallel`), by key and instance id.
+    parallel: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -91,13 +93,25 @@ class LMStudioServer:
         d = result.details
         if d.server_kind is not None and d.probe is not None and d.probe.endswith("models"):
             loaded = None if d.loaded_models is None else frozenset(d.loaded_models)
-            self._set_profile(ServerProfile(kind=d.server_kind, loaded=loaded, source="health"))
+            parallel = dict(d.loaded_parallel or {})
+            self._set_profile(ServerProfile(kind=d.server_kind, loaded=loaded, source="health", parallel=parallel))
 
     def _set_profile(self, profile: ServerProfile) -> None:
         with self._lock:
             self.profile = profile
             self.profile_tried_at = time.monotonic()
             self.warm = set()
+
+    def parallel_for(self, model: str | None) -> int | None:
+        """The predictions `model` runs at once as the server said (its key or instance id; no model named:
+        the only loaded one), or None when it did not say."""
+        profile = self.profile
+        if profile is None or not profile.parallel:
+            return None
+        if model is not None:
+            return profile.parallel.get(model)
+        values = set(profile.parallel.values())
+        return values.pop() if len(values) == 1 else None
 
     def needs_preparing(self) -> bool:
         """True while no profile is known, at most every `PROFILE_RETRY_SECONDS` after a probe that failed."""
@@ -119,7 +133,9 @@ class LMStudioServer:
                     "lm_studio: could not tell which server answers at %s yet; calls use /v1 for now", self.base_url
                 )
                 return
-            self._set_profile(ServerProfile(kind=listing.kind, loaded=listing.loaded, source="probe"))
+            self._set_profile(
+                ServerProfile(kind=listing.kind, loaded=listing.loaded, source="probe", parallel=listing.parallel)
+            )
         log.info("lm_studio: the server at %s is %s", self.base_url, listing.kind)
 
     # ------------------------------------------------------------ per attempt
@@ -177,7 +193,10 @@ class LMStudioServer:
             profile = self.profile
             if profile is not None and profile.loaded is not None and call.requested_model in profile.loaded:
                 self.profile = ServerProfile(
-                    kind=profile.kind, loaded=profile.loaded - {call.requested_model}, source=profile.source
+                    kind=profile.kind,
+                    loaded=profile.loaded - {call.requested_model},
+                    source=profile.source,
+                    parallel=profile.parallel,
                 )
         return False
 

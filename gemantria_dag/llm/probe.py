@@ -183,6 +183,8 @@ def lm_studio_health(
         details.loaded_models = [m for m in listing.models if m in listing.loaded] + sorted(
             listing.loaded.difference(listing.models)
         )
+    if listing.parallel:
+        details.loaded_parallel = dict(listing.parallel)
     details.model_present, details.model_loaded = present, loaded
     details.probe, details.server_kind, details.error = probe.label, kind, problem
     who = _KIND_NAMES[kind]

@@ -98,6 +98,11 @@ class CompletionMetadata(BaseModel):
     # True when the last attempt waited on the model-load budget (LM_STUDIO_LOAD_TIMEOUT_SECONDS) instead
     # of the per-call timeout, because the model was not known to be loaded.
     load_budget_used: bool = False
+    # Rate limits (gemantria_dag/llm/rate_limits.py): the answers of this call's attempts that were HTTP 429,
+    # and the milliseconds it waited before sending for the remote's allowance to grow back (a reset, or a
+    # 429's retry-after pausing the whole backend); None: it did not wait.
+    rate_limited: int = 0
+    rate_limit_wait_ms: float | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -151,6 +156,9 @@ class HealthDetails(BaseModel):
     model_loaded: bool | None = None
     # The models the server says are loaded (LM Studio's native listings); None where it cannot tell.
     loaded_models: list[str] | None = None
+    # Predictions each loaded model runs at once (LM Studio 0.4's `loaded_instances[].config.parallel`),
+    # by model key and instance id; None where the server does not say.
+    loaded_parallel: dict[str, int] | None = None
     latency_ms: float = 0.0
     error: LLMError | None = None
     # The endpoint whose answer decided the result, e.g. "/api/v1/models" or "/v1/models".

@@ -6,11 +6,36 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gemantria_dag.llm.limiter import ConcurrencyLimiter, Signal
 from gemantria_dag.llm.results import CompletionResult, ErrorCode
 from gemantria_dag.routing.circuit_breaker import CircuitBreaker
 
 # Only failures that say "the backend is unreachable" trip the breaker; a bad answer does not.
 OUTAGE_CODES = frozenset({ErrorCode.CONNECTION_REFUSED, ErrorCode.TIMEOUT})
+
+
+def limiter_signal(result: CompletionResult, elapsed_s: float) -> tuple[Signal, float | None]:
+    """(how the call speaks of the server's capacity, its service time in seconds) for the route's limiter.
+
+    Overload: a 429 on any attempt, a timeout, a 503 (not llama.cpp's "Loading model"). A sample: an answer at
+    the first attempt (one cut at max_tokens too: the server did the work), its time less any wait for the
+    rate-limit allowance. Anything else says nothing.
+    """
+    meta = result.metadata
+    error = result.error
+    if meta.rate_limited or (
+        error is not None
+        and (
+            error.code in (ErrorCode.TIMEOUT, ErrorCode.RATE_LIMITED)
+            or (error.code == ErrorCode.SERVER_ERROR and error.http_status == 503)
+        )
+    ):
+        return Signal.OVERLOAD, None
+    served = result.ok or (error is not None and error.code == ErrorCode.TRUNCATED)  # cut at max_tokens: served
+    if served and meta.attempts == 1:
+        waited = meta.rate_limit_wait_ms
+        return Signal.OK, (elapsed_s - waited / 1000.0 if waited else elapsed_s)
+    return Signal.IGNORE, None
 
 
 class Completer(Protocol):
@@ -35,7 +60,11 @@ class Completer(Protocol):
 
 @dataclass
 class Route:
-    """One backend of a run: its completer, model, calls in flight and circuit breaker."""
+    """One backend of a run: its completer, model, calls in flight and circuit breaker.
+
+    `concurrency` is the most calls in flight (the limiter's ceiling: the run starts that many workers for
+    it); `limiter` decides how many go at once (fixed at `concurrency` when none is given).
+    """
 
     name: str  # a route of gemantria_dag.names: LM_STUDIO, REMOTE or ENGINE
     backend: Completer
@@ -44,10 +73,11 @@ class Route:
     breaker: CircuitBreaker
     # Which server answers (recorded with each call), e.g. its base URL.
     server: str | None = None
-    semaphore: asyncio.Semaphore = field(init=False)
+    limiter: ConcurrencyLimiter = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        self.semaphore = asyncio.Semaphore(self.concurrency)
+        if self.limiter is None:
+            self.limiter = ConcurrencyLimiter(initial=self.concurrency, ceiling=self.concurrency, adaptive=False)
 
 
 @dataclass
@@ -57,6 +87,8 @@ class Attempt:
     route: Route
     result: CompletionResult
     fallback: bool
+    # The route's concurrency limit when this call ended.
+    limit: int | None = None
 
 
 class AllBackendsDown(RuntimeError):
@@ -94,13 +126,19 @@ class FailoverRouter:
         while True:
             attempts: list[Attempt] = []
             for route in self.routes:
-                async with route.semaphore:
+                limiter = route.limiter
+                started = await limiter.acquire()
+                signal, rtt = Signal.IGNORE, None
+                try:
                     # Asked inside the slot: calls queued behind a dying backend see the breaker open
                     # instead of each spending a connection failure on it.
                     if not route.breaker.allow():
                         continue
                     result = await route.backend.acomplete(model=route.model, **request)
-                attempts.append(Attempt(route=route, result=result, fallback=route is not self.primary))
+                    signal, rtt = limiter_signal(result, limiter.clock() - started)
+                finally:
+                    limiter.release(started, signal, rtt)
+                attempts.append(Attempt(route, result, route is not self.primary, limiter.limit))
                 if not result.ok and result.error is not None and result.error.is_retryable:
                     # Only "unreachable" counts toward opening the breaker; any transient failure
                     # (a 500 as the server dies, a cut stream) still gets this call another route.

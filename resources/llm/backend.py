@@ -13,7 +13,7 @@ import abc
 import asyncio
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -21,7 +21,9 @@ import httpx
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
+from gemantria_dag.cost.prices import estimated_prompt_tokens
 from gemantria_dag.llm.call import Backend, CallState, PlainServer, RetryPolicy, ServerPolicy, Timeouts
+from gemantria_dag.llm.rate_limits import HORIZON_S, Pacer
 from gemantria_dag.llm.request import StructuredForm, bearer, normalize_response_format, validate_call
 from gemantria_dag.llm.results import CompletionResult, ErrorCode, HealthResult, LLMError
 from resources.llm import transport
@@ -60,6 +62,7 @@ class LLMBackend(ConfigurableResource, abc.ABC):
     _pools: ConnectionPools | None = PrivateAttr(default=None)
     _backend: Backend | None = PrivateAttr(default=None)
     _prepare_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = PrivateAttr(default_factory=dict)
+    _pacer: Pacer = PrivateAttr(default_factory=Pacer)
 
     # Whether proxies and certificates may come from the process environment (httpx's trust_env).
     _trust_env: ClassVar[bool] = True
@@ -170,6 +173,56 @@ class LLMBackend(ConfigurableResource, abc.ABC):
     def _sync_client(self) -> httpx.Client:
         return self.pools.sync_client()
 
+    @property
+    def pacer(self) -> Pacer:
+        """This backend's rate-limit pacer (what its server's rate-limit headers said, shared by every call)."""
+        return self._pacer
+
+    def _pace(self, call: CallState, sleep: Callable[[float], None]) -> None:
+        """Wait (`sleep`) until this attempt fits the server's rate-limit allowance; see `Pacer.delay`. Its token
+        cost is OpenAI's: the prompt's (estimated) tokens plus `max_tokens`."""
+        pacer = self._pacer
+        tokens = self._call_tokens(call)
+        waited = 0.0
+        while (wait := pacer.delay(tokens, HORIZON_S)) > HORIZON_S:
+            sleep(HORIZON_S)
+            waited += HORIZON_S
+        mark = call.pace_mark = pacer.mark()
+        if wait > 0.0:
+            try:
+                sleep(wait)
+            finally:
+                pacer.sent(mark)
+        call.rate_limit_wait_s += waited + wait
+        pacer.note_wait(waited + wait)
+
+    async def _apace(self, call: CallState) -> None:
+        """`_pace` for asyncio."""
+        pacer = self._pacer
+        tokens = self._call_tokens(call)
+        waited = 0.0
+        while (wait := pacer.delay(tokens, HORIZON_S)) > HORIZON_S:
+            await asyncio.sleep(HORIZON_S)
+            waited += HORIZON_S
+        mark = call.pace_mark = pacer.mark()
+        if wait > 0.0:
+            try:
+                # Wait for the remote's allowance instead of going out to be refused (a 429 counts too).
+                await asyncio.sleep(wait)
+            finally:
+                pacer.sent(mark)
+        call.rate_limit_wait_s += waited + wait
+        pacer.note_wait(waited + wait)
+
+    def _observe(self, call: CallState, status: int, get: Callable[[str], str | None]) -> None:
+        """Hand an answer's rate-limit headers to the pacer, with the request they answer."""
+        self._pacer.observe(status, get, call.pace_mark)
+
+    @staticmethod
+    def _call_tokens(call: CallState) -> int:
+        chars = sum(len(m["content"]) for m in call.messages if isinstance(m.get("content"), str))
+        return estimated_prompt_tokens(chars, len(call.messages)) + call.max_tokens
+
     # ------------------------------------------------------------ completions
 
     def complete(
@@ -193,10 +246,12 @@ class LLMBackend(ConfigurableResource, abc.ABC):
         if server.needs_preparing():
             server.prepare(client)
         while True:
+            if self._pacer.active:
+                self._pace(call, time.sleep)
             call.begin_attempt()
             timeouts, own = self._attempt_timeouts(call)
             send = transport.send_stream if stream else transport.send
-            outcome = send(client, call, timeouts, own)
+            outcome = send(client, call, timeouts, own, self._observe)
             step = call.after(outcome)
             if isinstance(step, CompletionResult):
                 return step
@@ -222,13 +277,16 @@ class LLMBackend(ConfigurableResource, abc.ABC):
         pool = self.pools.async_pool()
         if self.calls.server.needs_preparing():
             await self._aprepare()
+        pacer = self._pacer
         while True:
+            if pacer.active:
+                await self._apace(call)
             call.begin_attempt()
             timeouts, own = self._attempt_timeouts(call)
             if stream:
-                outcome = await transport.asend_stream(pool.client, call, timeouts, own)
+                outcome = await transport.asend_stream(pool.client, call, timeouts, own, self._observe)
             else:
-                outcome = await transport.asend(pool, call, timeouts, own)
+                outcome = await transport.asend(pool, call, timeouts, own, self._observe)
             step = call.after(outcome)
             if isinstance(step, CompletionResult):
                 return step

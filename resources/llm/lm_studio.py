@@ -123,6 +123,12 @@ class LMStudioResource(LLMBackend):
         return self.server.profile
 
     @property
+    def advertised_parallel(self) -> int | None:
+        """The predictions the configured model runs at once, as LM Studio said in its model listing
+        (`loaded_instances[].config.parallel`, learned by the last health check); None when unknown."""
+        return self.server.parallel_for(self.model)
+
+    @property
     def uses_native_chat(self) -> bool:
         """Whether non-streamed calls go to LM Studio's /api/v0/chat/completions."""
         return self.server.uses_native_chat

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import aiohttp
 import httpx
@@ -29,6 +29,10 @@ from resources.llm.pools import AsyncPool, aiohttp_timeout, httpx_timeout
 # Exceptions a request can end in besides httpx's own: aiohttp's (the hot path, and what
 # httpx-aiohttp lets through unmapped), and asyncio's timeouts (TimeoutError).
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, TimeoutError, OSError, aiohttp.ClientError)
+
+
+# Sees each answer (the call, its status, `get(name)`: a header's value or None): the backend's rate-limit pacer.
+Observer = Callable[[CallState, int, Callable[[str], str | None]], None]
 
 
 class _Deadline(Exception):
@@ -66,13 +70,17 @@ def _chunks_until(chunks: Iterator[bytes], deadline: float | None) -> bytes:
     return b"".join(parts)
 
 
-def send(client: httpx.Client, call: CallState, timeouts: Timeouts, own: bool) -> Outcome:
+def send(
+    client: httpx.Client, call: CallState, timeouts: Timeouts, own: bool, observe: Observer | None = None
+) -> Outcome:
     """A whole answer on the sync client (`own`: the attempt's timeouts differ from the client's)."""
     timeout = httpx_timeout(timeouts) if own else httpx.USE_CLIENT_DEFAULT
     for resend in (False, True):
         deadline = None if timeouts.read is None else time.monotonic() + timeouts.read
         try:
             with client.stream("POST", call.url, json=call.payload, timeout=timeout) as response:
+                if observe is not None:
+                    observe(call, response.status_code, response.headers.get)
                 content = _chunks_until(response.iter_bytes(), deadline)
                 return parse_chat_response(response.status_code, content, response.headers.get("retry-after"))
         except (*TRANSPORT_ERRORS, _Deadline) as exc:
@@ -82,7 +90,9 @@ def send(client: httpx.Client, call: CallState, timeouts: Timeouts, own: bool) -
     raise AssertionError("unreachable")
 
 
-async def asend(pool: AsyncPool, call: CallState, timeouts: Timeouts, own: bool) -> Outcome:
+async def asend(
+    pool: AsyncPool, call: CallState, timeouts: Timeouts, own: bool, observe: Observer | None = None
+) -> Outcome:
     """A whole answer on the loop's aiohttp session (the enrichment hot path)."""
     timeout = aiohttp_timeout(timeouts) if own else pool.timeout
     for resend in (False, True):
@@ -96,6 +106,8 @@ async def asend(pool: AsyncPool, call: CallState, timeouts: Timeouts, own: bool)
                 proxy=pool.proxy,
                 proxy_auth=pool.proxy_auth,
             ) as response:
+                if observe is not None:
+                    observe(call, response.status, response.headers.get)
                 content = await response.read()
                 return parse_chat_response(response.status, content, response.headers.get("retry-after"))
         except TRANSPORT_ERRORS as exc:
@@ -105,13 +117,17 @@ async def asend(pool: AsyncPool, call: CallState, timeouts: Timeouts, own: bool)
     raise AssertionError("unreachable")
 
 
-def send_stream(client: httpx.Client, call: CallState, timeouts: Timeouts, own: bool) -> Outcome:
+def send_stream(
+    client: httpx.Client, call: CallState, timeouts: Timeouts, own: bool, observe: Observer | None = None
+) -> Outcome:
     """A streamed answer on the sync client; the deadline is checked between events."""
     timeout = httpx_timeout(timeouts) if own else httpx.USE_CLIENT_DEFAULT
     for resend in (False, True):
         deadline = None if timeouts.read is None else time.monotonic() + timeouts.read
         try:
             with client.stream("POST", call.url, json=call.payload, timeout=timeout) as response:
+                if observe is not None:
+                    observe(call, response.status_code, response.headers.get)
                 if response.status_code >= 400 or not _is_event_stream(response):
                     content = _chunks_until(response.iter_bytes(), deadline)
                     return parse_chat_response(response.status_code, content, response.headers.get("retry-after"))
@@ -130,13 +146,15 @@ def send_stream(client: httpx.Client, call: CallState, timeouts: Timeouts, own: 
     raise AssertionError("unreachable")
 
 
-async def asend_stream(client: httpx.AsyncClient, call: CallState, timeouts: Timeouts, own: bool) -> Outcome:
+async def asend_stream(
+    client: httpx.AsyncClient, call: CallState, timeouts: Timeouts, own: bool, observe: Observer | None = None
+) -> Outcome:
     """A streamed answer on the loop's httpx client, under one asyncio timeout for the attempt."""
     timeout = httpx_timeout(timeouts) if own else httpx.USE_CLIENT_DEFAULT
     for resend in (False, True):
         try:
             async with asyncio.timeout(timeouts.read):
-                return await _astream(client, call, timeout)
+                return await _astream(client, call, timeout, observe)
         except TRANSPORT_ERRORS as exc:
             if not resend and _unanswered(exc):
                 continue
@@ -144,8 +162,12 @@ async def asend_stream(client: httpx.AsyncClient, call: CallState, timeouts: Tim
     raise AssertionError("unreachable")
 
 
-async def _astream(client: httpx.AsyncClient, call: CallState, timeout: httpx.Timeout | object) -> Outcome:
+async def _astream(
+    client: httpx.AsyncClient, call: CallState, timeout: httpx.Timeout | object, observe: Observer | None
+) -> Outcome:
     async with client.stream("POST", call.url, json=call.payload, timeout=timeout) as response:  # type: ignore[arg-type]
+        if observe is not None:
+            observe(call, response.status_code, response.headers.get)
         if response.status_code >= 400 or not _is_event_stream(response):
             await response.aread()
             return parse_chat_response(response.status_code, response.content, response.headers.get("retry-after"))

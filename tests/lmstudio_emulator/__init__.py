@@ -11,7 +11,8 @@ loading and LM Studio's quirks are modelled.
 LM Studio routes
 - `GET /lmstudio-greeting` -> `{"lmstudio": true}` (never needs the token: LM Studio's CLI and SDK
   probe it before they know one).
-- `GET /api/v1/models` (0.4 native, `loaded_instances`), `GET /api/v0/models` and
+- `GET /api/v1/models` (0.4 native, `loaded_instances`, each LLM instance's `config.parallel` =
+  `--max-predictions`, as LM Studio 0.4 reports its "Max Concurrent Predictions"), `GET /api/v0/models` and
   `GET /api/v0/models/{key}` (legacy, `state`), `GET /v1/models` (every downloaded model while JIT
   loading is on; only the loaded ones while it is off).
 - `POST /api/v1/models/load` `{"model", "config"?}` (takes `jit_load_seconds`, returns

@@ -392,7 +392,9 @@ def make_app(config: EmulatorConfig) -> web.Application:
         return web.json_response(
             {
                 "models": [
-                    spec.v1_native([(i.id, i.context_length) for i in emu.instances if i.key == key])
+                    spec.v1_native(
+                        [(i.id, i.context_length) for i in emu.instances if i.key == key], emu.config.max_predictions
+                    )
                     for key, spec in emu.catalogue.items()
                 ]
             }
@@ -435,7 +437,7 @@ def make_app(config: EmulatorConfig) -> web.Application:
             context_length = None
         started = time.monotonic()
         iid = await emu.load(spec, jit=False, context_length=context_length)
-        config = spec.instance_config(context_length)
+        config = spec.instance_config(context_length, emu.config.max_predictions)
         if spec.is_llm:
             config["num_experts"] = 0
         return web.json_response(

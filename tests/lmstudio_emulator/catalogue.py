@@ -38,8 +38,8 @@ class ModelSpec:
         return self.type == "llm"
 
     # -- the three listings ------------------------------------------------------------------
-    def v1_native(self, instances: list[tuple[str, int | None]]) -> dict[str, Any]:
-        """One entry of `GET /api/v1/models` (LM Studio 0.4)."""
+    def v1_native(self, instances: list[tuple[str, int | None]], parallel: int | None = None) -> dict[str, Any]:
+        """One entry of `GET /api/v1/models` (LM Studio 0.4); `parallel`: each LLM instance's prediction slots."""
         entry: dict[str, Any] = {
             "type": self.type,
             "publisher": self.publisher,
@@ -53,7 +53,9 @@ class ModelSpec:
                 "quantization": {"name": self.quantization, "bits_per_weight": self.bits_per_weight},
                 "size_bytes": self.size_bytes,
                 "params_string": self.params_string,
-                "loaded_instances": [{"id": iid, "config": self.instance_config(ctx)} for iid, ctx in instances],
+                "loaded_instances": [
+                    {"id": iid, "config": self.instance_config(ctx, parallel)} for iid, ctx in instances
+                ],
                 "max_context_length": self.max_context_length,
                 "format": self.format,
             }
@@ -82,10 +84,14 @@ class ModelSpec:
             entry["capabilities"] = ["tool_use"]
         return entry
 
-    def instance_config(self, context_length: int | None = None) -> dict[str, Any]:
+    def instance_config(self, context_length: int | None = None, parallel: int | None = None) -> dict[str, Any]:
+        """A loaded instance's `config`; LLMs carry `parallel` (LM Studio 0.4's "Max Concurrent Predictions",
+        4 for JIT and API loads) when given."""
         config: dict[str, Any] = {"context_length": context_length or self.loaded_context_length}
         if self.is_llm:
             config.update({"eval_batch_size": 512, "flash_attention": False, "offload_kv_cache_to_gpu": True})
+            if parallel is not None:
+                config["parallel"] = parallel
         return config
 
     def model_info(self) -> dict[str, Any]:
