@@ -217,7 +217,9 @@ def test_a_pooled_connection_closed_by_the_server_is_sent_again(world: World, se
 def test_a_model_that_is_loading_is_waited_for(world: World, server: FaultServer) -> None:
     model = "slow-loader"
     env = _serve(server, model, _reply(json.dumps(FINAL), model))
-    server.loading_for(6)
+    # Long enough that the run's first calls still find it loading: the CLI takes 5-8 s to start on a busy
+    # machine (6 s of loading was over before the calls went out in one CI run).
+    server.loading_for(15)
     health = world.run("pmagent", "health", "lm", LM_STUDIO_MODEL=model, **env)
     assert health.returncode == 1 and json.loads(health.stdout)["mode"] == "lm_loading", _out(health)
     done = world.enrich(model, LM_STUDIO_LOAD_TIMEOUT_SECONDS="60", **env)
