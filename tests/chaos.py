@@ -33,9 +33,10 @@ from pathlib import Path
 import psycopg
 
 from gemantria_dag.settings import SETTINGS_PREFIXES, child_environment
-from tests.fixtures.processes import REPO_ROOT, VENV_BIN, free_port, start_group, stop_group, wait_until
+from tests.fixtures.processes import REPO_ROOT, VENV_BIN, start_group, stop_group
+from tests.fixtures.remote_server import REMOTE_MODEL, start_fixed_latency
 
-MODEL = "remote-model"
+MODEL = REMOTE_MODEL
 
 
 @dataclass
@@ -47,21 +48,8 @@ class Server:
 
     @classmethod
     def start(cls, log: Path, latency_ms: float = 200.0) -> Server:
-        port = free_port()
-        args = [
-            sys.executable,
-            "-m",
-            "tests.servers.fixed_latency",
-            "--port",
-            str(port),
-            "--latency-ms",
-            str(latency_ms),
-        ]
-        proc = start_group(args, env=child_environment(), log=log, cwd=REPO_ROOT)
-        base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: urllib.request.urlopen(f"{base}/stats", timeout=1).status == 200, timeout_s=30,
-                   what="fixed-latency server", proc=proc, log=log)  # fmt: skip
-        return cls(proc, base)
+        proc, base_url = start_fixed_latency(log, latency_ms)
+        return cls(proc, base_url.removesuffix("/v1"))
 
     def answered(self) -> int:
         with urllib.request.urlopen(f"{self.base}/stats", timeout=5) as resp:

@@ -34,7 +34,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +44,7 @@ from uuid import UUID
 from pydantic import BaseModel, ValidationError
 
 from gemantria_dag.control_plane.records import AgentRunRecord, CallArgs, CallResult, NounEnrichment
+from gemantria_dag.control_plane.spool import claim
 from gemantria_dag.llm.results import ErrorCode
 
 # 250 ms: the top of issue 15's 100-250 ms window, since each transaction costs about 1 ms of client CPU whatever
@@ -392,29 +393,6 @@ def pending_journals(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name.endswith(SUFFIX))
 
 
-@dataclass
-class _Claimed:
-    path: Path
-    fd: int
-
-
-def _claim(path: Path) -> Iterator[_Claimed]:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return
-    try:
-        if os.path.exists(path) and os.stat(path).st_ino == os.fstat(fd).st_ino:
-            yield _Claimed(path, fd)
-    finally:
-        os.close(fd)
-
-
 def recover(folder: Path, sink: Sink) -> RecoveryReport:
     """Replay the journals in `folder` whose process died (their lock is free), then remove them.
 
@@ -422,10 +400,11 @@ def recover(folder: Path, sink: Sink) -> RecoveryReport:
     """
     report = RecoveryReport()
     for path in pending_journals(folder):
-        claimed_any = False
-        for claimed in _claim(path):
-            claimed_any = True
-            found = _read(claimed.path)
+        with claim(path) as claimed:
+            if not claimed:
+                report.journals_busy += path.exists()  # its writer is alive (gone: another recovery took it)
+                continue
+            found = _read(path)
             records = list(found.records)
             if found.header is not None:
                 unknown = [_unknown_record(found.header, i) for i in found.intents.values()]
@@ -436,15 +415,13 @@ def recover(folder: Path, sink: Sink) -> RecoveryReport:
                 if reason is not None:
                     sink.spool(records, found.outcomes, reason)
                     report.spooled += len(records) + len(found.outcomes)
-                os.unlink(claimed.path)
+                os.unlink(path)
             except Exception as exc:  # noqa: BLE001 - the journal stays; the next recovery tries again
-                report.errors.append(f"{claimed.path.name}: {type(exc).__name__}: {exc}")
+                report.errors.append(f"{path.name}: {type(exc).__name__}: {exc}")
                 continue
-            report.journals += 1
-            if found.header is not None and found.header.run_id and not _alive(found.header.parent_pid):
-                report.dead_runs.append(found.header.run_id)
-            report.records += len(records)
-            report.outcomes += len(found.outcomes)
-        if not claimed_any and path.exists():
-            report.journals_busy += 1
+        report.journals += 1
+        if found.header is not None and found.header.run_id and not _alive(found.header.parent_pid):
+            report.dead_runs.append(found.header.run_id)
+        report.records += len(records)
+        report.outcomes += len(found.outcomes)
     return report

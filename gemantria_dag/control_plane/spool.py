@@ -75,6 +75,34 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+@contextmanager
+def claim(path: Path) -> Iterator[bool]:
+    """Hold an exclusive `flock` on `path`; yield False when another process holds it or it is gone.
+
+    The spool's replayers and the journals' recovery both use it: a file is handled by one process at a time,
+    and a journal's writer holds its lock for its whole life, so a lock that can be taken means a dead writer.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        # Another replayer may have finished and unlinked this file between our listing and lock.
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        yield same
+    finally:
+        os.close(fd)  # also releases the lock
+
+
 class Spool:
     """The spool in `folder` (`Settings.spool_dir`): one `PendingBatch` per file, as described above."""
 
@@ -132,29 +160,6 @@ class Spool:
             except (OSError, ValidationError):
                 continue
 
-    @contextmanager
-    def _claim(self, path: Path) -> Iterator[bool]:
-        """Hold an exclusive lock on `path`; yield False when another process holds it or it is gone."""
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            yield False
-            return
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            # Another replayer may have finished and unlinked this file between our listing and lock.
-            try:
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            yield same
-        finally:
-            os.close(fd)  # also releases the lock
-
     def replay(self, writer: ControlPlaneWriter) -> ReplayReport:
         """Write every pending file into the DB, one transaction each; stop at the first connection error."""
         report = ReplayReport()
@@ -169,7 +174,7 @@ class Spool:
             return report
         with conn:
             for path in files:
-                with self._claim(path) as claimed:
+                with claim(path) as claimed:
                     if not claimed:
                         report.files_busy += path.exists()
                         continue

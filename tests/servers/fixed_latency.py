@@ -96,6 +96,18 @@ def make_app(latency_s: float, model: str, api_key: str | None) -> web.Applicati
     return app
 
 
+def serve(app: web.Application, host: str, port: int) -> None:
+    """Run `app` on host:port until stopped (uvloop when installed; no access log; a deep accept backlog for
+    the 64-in-flight benchmarks). The other test servers of tests/servers/ run through this too."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    web.run_app(app, host=host, port=port, access_log=None, print=None, backlog=1024)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -104,20 +116,7 @@ def main() -> None:
     parser.add_argument("--model", default="remote-model")
     parser.add_argument("--api-key", default=None)
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    web.run_app(
-        make_app(args.latency_ms / 1000.0, args.model, args.api_key),
-        host=args.host,
-        port=args.port,
-        access_log=None,
-        print=None,
-        backlog=1024,
-    )
+    serve(make_app(args.latency_ms / 1000.0, args.model, args.api_key), args.host, args.port)
 
 
 if __name__ == "__main__":

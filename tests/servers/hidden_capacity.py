@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.servers.fixed_latency import _answer
+from tests.servers.fixed_latency import _answer, serve
 
 
 class Capacity:
@@ -112,20 +112,7 @@ def main() -> None:
     parser.add_argument("--service-ms", type=float, default=200.0)
     parser.add_argument("--model", default="remote-model")
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    web.run_app(
-        make_app(args.slots, args.service_ms / 1000.0, args.model),
-        host=args.host,
-        port=args.port,
-        access_log=None,
-        print=None,
-        backlog=1024,
-    )
+    serve(make_app(args.slots, args.service_ms / 1000.0, args.model), args.host, args.port)
 
 
 if __name__ == "__main__":
